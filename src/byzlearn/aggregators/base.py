@@ -1,0 +1,185 @@
+"""Aggregator objects: thin, configurable, registered wrappers around ``aggregators.functional``.
+
+An aggregator maps the round's gradient batch ``G: Tensor[n, d]`` (one row per worker, Byzantine
+rows included) to one vector ``Tensor[d]``. ``f`` is the number of Byzantine inputs it must
+tolerate. Each rule states its requirement on ``(n, f)`` in ``requirement`` and refuses to run
+outside it (``check``), so a run fails before training, not in round 1000.
+Stateful rules keep their state in the object and expose it through ``state_dict`` so that a
+checkpoint saves it.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from ..registry import ConfigError, Registry
+
+
+@dataclass
+class AggregationContext:
+    """What a rule may need beyond ``G``, filled by the engine every round.
+
+    ``public_loss(P)`` evaluates the loss on the server's small public batch for each row of a
+    parameter batch ``P: Tensor[k, d]`` and returns ``Tensor[k]`` (Zeno, ARNN). ``params`` is the
+    current model ``Tensor[d]`` and ``lr`` the server's learning rate.
+    """
+
+    round: int = 0
+    params: Tensor | None = None
+    lr: float | None = None
+    public_loss: Callable[[Tensor], Tensor] | None = None
+    generator: torch.Generator | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Aggregator:
+    """Base class. Subclasses implement ``aggregate`` and, if they need it, ``requirement``."""
+
+    name = "aggregator"
+
+    def __init__(self, f: int = 0):
+        if not isinstance(f, int) or f < 0:
+            raise ConfigError(f"aggregator.f must be a non-negative integer, got {f!r}")
+        self.f = f
+
+    # -- requirement on (n, f) ------------------------------------------------------------------
+    def requirement(self, n: int) -> str | None:
+        """Return ``None`` when the rule may run on ``n`` inputs with this ``f``, else the violated condition."""
+        return None
+
+    def check(self, n: int) -> None:
+        problem = self.requirement(n)
+        if problem is not None:
+            raise ConfigError(
+                f"aggregator {self.name!r} cannot run with n={n} inputs and f={self.f}: it requires {problem}; "
+                f"use more workers, a smaller aggregator.f / workers.byzantine, or another rule (byzlearn list)"
+            )
+
+    # -- the rule -------------------------------------------------------------------------------
+    def aggregate(self, G: Tensor, ctx: AggregationContext) -> Tensor:
+        raise NotImplementedError
+
+    def __call__(self, G: Tensor, ctx: AggregationContext | None = None) -> Tensor:
+        if G.dim() != 2:
+            raise ValueError(f"{self.name}: expected a gradient batch Tensor[n, d], got shape {tuple(G.shape)}")
+        self.check(G.shape[0])
+        return self.aggregate(G, ctx if ctx is not None else AggregationContext())
+
+    def evaluate(self, G: Tensor, ctx: AggregationContext | None = None) -> Tensor:
+        """Apply the rule without changing its state (adaptive attacks probe the defence with this)."""
+        saved = copy.deepcopy(self.state_dict())
+        try:
+            return self(G, ctx)
+        finally:
+            self.load_state_dict(saved)
+
+    # -- state ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(f={self.f})"
+
+
+AGGREGATORS: Registry[Aggregator] = Registry("aggregator")
+
+
+class PreAggregator:
+    """A map ``Tensor[n, d] -> Tensor[m, d]`` applied before a rule (NNM, bucketing, clipping).
+
+    ``output_count(n)`` is the number of rows it returns for ``n`` inputs, so a chain can check the
+    rule's requirement before training.
+    """
+
+    name = "pre-aggregator"
+
+    def __init__(self, f: int = 0):
+        self.f = f
+
+    def output_count(self, n: int) -> int:
+        return n
+
+    def requirement(self, n: int) -> str | None:
+        return None
+
+    def __call__(self, G: Tensor, ctx: AggregationContext) -> Tensor:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(f={self.f})"
+
+
+PREAGGREGATORS: Registry[PreAggregator] = Registry("pre-aggregator")
+
+
+class Chain(Aggregator):
+    """Pre-aggregators applied in order, then a rule (``nnm`` then ``krum``, say), as one aggregator."""
+
+    def __init__(self, pre: list[PreAggregator], rule: Aggregator):
+        super().__init__(rule.f)
+        self.pre, self.rule = pre, rule
+        self.name = "+".join([p.name for p in pre] + [rule.name])
+
+    def requirement(self, n: int) -> str | None:
+        for p in self.pre:
+            problem = p.requirement(n)
+            if problem is not None:
+                return f"{problem} (for pre-aggregator {p.name!r})"
+            n = p.output_count(n)
+        return self.rule.requirement(n)
+
+    def aggregate(self, G: Tensor, ctx: AggregationContext) -> Tensor:
+        for p in self.pre:
+            G = p(G, ctx)
+        return self.rule.aggregate(G, ctx)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pre": [p.state_dict() for p in self.pre], "rule": self.rule.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for p, s in zip(self.pre, state["pre"]):
+            p.load_state_dict(s)
+        self.rule.load_state_dict(state["rule"])
+
+    def __repr__(self) -> str:
+        return f"Chain({self.pre!r}, {self.rule!r})"
+
+
+def build_aggregator(section: dict[str, Any], f_default: int) -> Aggregator:
+    """Build the aggregator described by a config section ``{name, pre, **params}``.
+
+    ``f`` defaults to the run's number of Byzantine workers. ``pre`` is a list of tables
+    ``{name = "nnm", ...}`` (or plain names) applied in order before the rule; each gets the same
+    ``f`` unless it sets its own.
+    """
+    section = dict(section)
+    name = section.pop("name")
+    pre_specs = section.pop("pre", []) or []
+    section.setdefault("f", f_default)
+    rule = AGGREGATORS.build(name, section, "aggregator")
+    if not pre_specs:
+        return rule
+    pres = []
+    for i, spec in enumerate(pre_specs):
+        spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+        if "name" not in spec:
+            raise ConfigError(f"aggregator.pre[{i}] needs a name; known: {', '.join(PREAGGREGATORS.names())}")
+        pname = spec.pop("name")
+        if "f" in PREAGGREGATORS.parameters(pname):
+            spec.setdefault("f", section["f"])
+        pres.append(PREAGGREGATORS.build(pname, spec, f"aggregator.pre[{i}]"))
+    return Chain(pres, rule)

@@ -1,0 +1,5 @@
+"""Byzantine attacks, registered by name."""
+
+from .base import ATTACKS, Attack, AttackContext
+
+__all__ = ["ATTACKS", "Attack", "AttackContext"]

@@ -1,0 +1,78 @@
+"""Byzantine behaviours. An attack forges the rows the Byzantine workers send in a round.
+
+Gradient-level attacks implement ``forge``; data-level attacks (label flipping) also implement
+``poison_labels`` and set ``needs_own_gradients`` so that the engine computes the Byzantine
+workers' gradients on their poisoned data in the same batched pass as the honest ones.
+Omniscient attacks read ``ctx.honest``, the honest gradients of the round; that is the standard
+threat model of ALIE, IPM, Mimic and the adaptive attacks, and ``omniscient`` says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..registry import Registry
+
+
+@dataclass
+class AttackContext:
+    """Everything an attack may look at in one round.
+
+    n: all workers; f: Byzantine workers this round; honest: ``Tensor[n-f, d]`` honest gradients;
+    own: ``Tensor[f, d]`` the Byzantine workers' own gradients (only when ``needs_own_gradients``);
+    params: the current model ``Tensor[d]``; aggregator: the defender's rule (adaptive attacks);
+    generator: the attack's random stream (seeded, checkpointed).
+    """
+
+    n: int
+    f: int
+    round: int
+    honest: Tensor
+    own: Tensor | None
+    params: Tensor
+    aggregator: Any
+    generator: torch.Generator
+
+
+class Attack:
+    """Base class: ``forge`` returns ``Tensor[k, d]`` with ``k <= f`` (fewer rows = messages dropped)."""
+
+    name = "attack"
+    omniscient = False
+    needs_own_gradients = False
+    poisons_data = False
+
+    def poison_labels(self, y: Tensor, num_classes: int) -> Tensor:
+        """Labels the Byzantine workers train on (data-level attacks override this)."""
+        return y
+
+    def forge(self, ctx: AttackContext) -> Tensor:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+ATTACKS: Registry[Attack] = Registry("attack")
+
+
+@ATTACKS.register("none")
+class NoAttack(Attack):
+    """No attack: the 'Byzantine' workers behave honestly and send their true gradients."""
+
+    name = "none"
+    needs_own_gradients = True
+
+    def forge(self, ctx: AttackContext) -> Tensor:
+        assert ctx.own is not None
+        return ctx.own

@@ -1,0 +1,130 @@
+"""Name -> factory registries: every rule, attack, data set, model and optimiser is looked up here.
+
+Adding a component is one function (or class) plus ``@REGISTRY.register("name")``. The registry
+also checks the keyword arguments a config passes to a factory against its signature, so an
+unknown or mistyped key fails before training with the list of allowed keys.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, raised before any training starts. The message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    name: str
+    factory: Callable[..., T]
+    summary: str
+
+
+def _first_doc_line(obj: Any) -> str:
+    doc = inspect.getdoc(obj) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+class Registry(Generic[T]):
+    """A named collection of factories of one kind (``kind`` is used in error messages)."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Entry[T]] = {}
+
+    def register(self, name: str, summary: str | None = None) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        def deco(factory: Callable[..., T]) -> Callable[..., T]:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._entries[name] = Entry(name, factory, summary or _first_doc_line(factory))
+            return factory
+
+        return deco
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def entries(self) -> list[Entry[T]]:
+        return [self._entries[k] for k in self.names()]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def get(self, name: str) -> Callable[..., T]:
+        if name not in self._entries:
+            raise ConfigError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
+        return self._entries[name].factory
+
+    def parameters(self, name: str, skip: tuple[str, ...] = ()) -> dict[str, inspect.Parameter]:
+        """Keyword parameters a config may set for ``name`` (those in ``skip`` are filled by the engine)."""
+        sig = inspect.signature(self.get(name))
+        return {
+            k: p
+            for k, p in sig.parameters.items()
+            if k not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        }
+
+    def build(self, name: str, params: dict[str, Any], section: str, skip: tuple[str, ...] = (), **engine_args: Any) -> T:
+        """Check ``params`` against the factory's signature, then call it with ``params`` and ``engine_args``."""
+        check_params(self, name, params, section, skip)
+        return self.get(name)(**params, **engine_args)
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return True
+    if isinstance(annotation, str):  # unresolved forward reference: do not guess
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(annotation))
+    if origin is typing.Literal:
+        return value in typing.get_args(annotation)
+    if annotation is type(None):
+        return value is None
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple))
+    if origin is dict:
+        return isinstance(value, dict)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(annotation, type):
+        return isinstance(value, annotation)
+    return True
+
+
+def _type_name(annotation: Any) -> str:
+    if annotation is inspect.Parameter.empty:
+        return "any"
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def check_params(registry: Registry[Any], name: str, params: dict[str, Any], section: str, skip: tuple[str, ...] = ()) -> None:
+    allowed = registry.parameters(name, skip)
+    try:
+        hints = typing.get_type_hints(registry.get(name))
+    except Exception:  # pragma: no cover - exotic annotations
+        hints = {}
+    for key, value in params.items():
+        if key not in allowed:
+            listing = ", ".join(f"{k} ({_type_name(hints.get(k, p.annotation))})" for k, p in allowed.items()) or "none"
+            raise ConfigError(f"unknown key {section}.{key} for {registry.kind} {name!r}; allowed keys: {listing}")
+        ann = hints.get(key, allowed[key].annotation)
+        if not _type_ok(value, ann):
+            raise ConfigError(
+                f"{section}.{key} = {value!r} has the wrong type for {registry.kind} {name!r}: expected {_type_name(ann)}"
+            )
+    missing = [k for k, p in allowed.items() if p.default is inspect.Parameter.empty and k not in params]
+    if missing:
+        raise ConfigError(f"{section} for {registry.kind} {name!r} needs the key(s): {', '.join(missing)}")
