@@ -71,10 +71,10 @@ class Registry(Generic[T]):
             if k not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
         }
 
-    def build(self, name: str, params: dict[str, Any], section: str, skip: tuple[str, ...] = (), **engine_args: Any) -> T:
-        """Check ``params`` against the factory's signature, then call it with ``params`` and ``engine_args``."""
-        check_params(self, name, params, section, skip)
-        return self.get(name)(**params, **engine_args)
+    def build(self, name: str, config: dict[str, Any], section: str, skip: tuple[str, ...] = (), **engine_args: Any) -> T:
+        """Check the config keys against the factory's signature, then call it with them and ``engine_args``."""
+        check_params(self, name, config, section, (*skip, *engine_args))
+        return self.get(name)(**config, **engine_args)
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:
@@ -112,8 +112,9 @@ def _type_name(annotation: Any) -> str:
 
 def check_params(registry: Registry[Any], name: str, params: dict[str, Any], section: str, skip: tuple[str, ...] = ()) -> None:
     allowed = registry.parameters(name, skip)
-    try:
-        hints = typing.get_type_hints(registry.get(name))
+    factory = registry.get(name)
+    try:  # a class's parameters are annotated on its __init__ (strings under postponed evaluation)
+        hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
     except Exception:  # pragma: no cover - exotic annotations
         hints = {}
     for key, value in params.items():

@@ -25,7 +25,9 @@ class AttackContext:
     n: all workers; f: Byzantine workers this round; honest: ``Tensor[n-f, d]`` honest gradients;
     own: ``Tensor[f, d]`` the Byzantine workers' own gradients (only when ``needs_own_gradients``);
     params: the current model ``Tensor[d]``; aggregator: the defender's rule (adaptive attacks);
-    generator: the attack's random stream (seeded, checkpointed).
+    generator: the attack's random stream (seeded, checkpointed); aggregation: the
+    ``AggregationContext`` the rule will be called with (so adaptive attacks can probe rules that
+    need the public batch or the learning rate).
     """
 
     n: int
@@ -36,6 +38,7 @@ class AttackContext:
     params: Tensor
     aggregator: Any
     generator: torch.Generator
+    aggregation: Any = None  # the AggregationContext the rule will see (lr, public_loss) for adaptive attacks
 
 
 class Attack:

@@ -1,0 +1,202 @@
+"""Adaptive attacks: ALIE and IPM whose strength is optimised against the defender's rule.
+
+Each round, the attacker (omniscient, and knowing the aggregator) searches the strength ``tau``
+(``z`` for ALIE, ``epsilon`` for IPM) that maximises the damage
+
+    D(tau) = || F(G(tau)) - mu ||_2,   G(tau) = [honest rows; f copies of attack(tau)]
+
+where ``F`` is the defender's aggregator (pre-aggregators included when it is a ``Chain``) and
+``mu`` the honest mean. This is ByzFL's "Optimal ALIE" / "Optimal IPM" (``LineMaximize``
+optimiser): a 1-D best-effort maximisation by exploration with a fixed budget of evaluations.
+
+The rule is probed with ``Aggregator.evaluate``, which restores the rule's state afterwards, so
+stateful rules (centered clipping, momentum-based rules) are not advanced by the probes. The probes
+see an ``AggregationContext`` with the round, the current parameters and a private generator (reset
+to one seed drawn from ``ctx.generator`` before every probe); the server's ``lr`` and
+``public_loss`` are not part of ``AttackContext``, so rules that need them cannot be probed yet.
+"""
+
+# No ``from __future__ import annotations``: the registry checks config values against the real
+# annotation objects of the constructors.
+
+import math
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from ..aggregators.base import AggregationContext
+from ..registry import ConfigError
+from .base import ATTACKS, Attack, AttackContext
+from .gradient import honest_mean, rows_of
+from .omniscient import coordinate_std
+
+
+def line_maximize(
+    objective: Callable[[float], float],
+    evals: int = 20,
+    start: float = 0.0,
+    delta: float = 10.0,
+    ratio: float = 0.8,
+) -> tuple[float, float]:
+    """Best-effort ``argmax_{tau >= 0} objective(tau)`` with exactly ``evals`` evaluations.
+
+    The search of ByzFL's ``LineMaximize``, re-implemented:
+
+    1. evaluate ``start``;
+    2. expansion: probe ``best + delta``; while the probe improves on the best, accept it and double
+       ``delta``; at the first probe that does not improve, shrink ``delta`` by ``ratio`` and stop;
+    3. contraction: the probe walks from its last position by ``delta`` toward the best point
+       (up if it is below the best, down if it is at or above it; a step that would go below 0 is
+       halved back toward the probe until non-negative), improvements are accepted, and ``delta``
+       shrinks by ``ratio`` after every probe;
+
+    until the budget is spent. Returns ``(best_tau, best_value)``. A NaN value ranks below every
+    number (it never counts as an improvement; a NaN at ``start`` is beaten by any number).
+    """
+    if evals < 1:
+        raise ValueError(f"line_maximize needs at least one evaluation, got evals={evals}")
+    raw = objective
+
+    def objective(x: float) -> float:  # NaN (a rule that returned NaN) ranks below everything
+        y = raw(x)
+        return -math.inf if y != y else y
+
+    best_x, best_y = start, objective(start)
+    left = evals - 1
+    probe = best_x
+    while left > 0:  # expansion
+        probe = best_x + delta
+        y = objective(probe)
+        left -= 1
+        if y > best_y:
+            best_x, best_y = probe, y
+            delta *= 2
+        else:
+            delta *= ratio
+            break
+    while left > 0:  # contraction
+        if probe < best_x:
+            probe = probe + delta
+        else:
+            x = probe - delta
+            while x < 0:
+                x = (x + probe) / 2
+            probe = x
+        y = objective(probe)
+        left -= 1
+        if y > best_y:
+            best_x, best_y = probe, y
+        delta *= ratio
+    return best_x, best_y
+
+
+class _OptimalAttack(Attack):
+    """Common part of the optimised ALIE/IPM: the damage objective and the line search."""
+
+    omniscient = True
+    family = ""
+
+    def __init__(self, evals: int = 20, start: float = 0.0, delta: float = 10.0, ratio: float = 0.8):
+        if not isinstance(evals, int) or isinstance(evals, bool) or evals < 1:
+            raise ConfigError(f"attack.evals must be a positive integer, got {evals!r}")
+        for key, value in (("start", start), ("delta", delta), ("ratio", ratio)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+                raise ConfigError(f"attack.{key} must be a number, got {value!r}")
+        if start < 0:
+            raise ConfigError(f"attack.start must be >= 0, got {start!r}")
+        if delta <= 0:
+            raise ConfigError(f"attack.delta must be > 0, got {delta!r}")
+        if not 0.5 < ratio < 1.0:
+            raise ConfigError(f"attack.ratio must be in (0.5, 1), got {ratio!r}")
+        self.evals, self.start, self.delta, self.ratio = evals, float(start), float(delta), float(ratio)
+        self.last_strength: float | None = None  # the strength chosen in the latest round (for logging)
+        self.last_damage: float | None = None
+
+    # subclasses: the attack vector for a strength, given precomputed statistics of the honest rows
+    def _prepare(self, honest: Tensor) -> Any:
+        raise NotImplementedError
+
+    def _vector(self, stats: Any, tau: float) -> Tensor:
+        raise NotImplementedError
+
+    def damage_function(self, ctx: AttackContext) -> Callable[[float], float]:
+        """``tau -> ||F(honest; f copies of attack(tau)) - mu||_2`` for this round."""
+        if ctx.aggregator is None or not hasattr(ctx.aggregator, "evaluate"):
+            raise ValueError(
+                f"attack {self.name!r} optimises against the defender's rule and needs ctx.aggregator "
+                "(an Aggregator with .evaluate), got None"
+            )
+        mu = honest_mean(ctx)
+        honest = ctx.honest
+        h, f = honest.shape[0], ctx.f
+        stats = self._prepare(honest)
+        # one buffer for all probes: the honest rows stay, the f Byzantine rows are overwritten
+        G = torch.empty((h + f, honest.shape[1]), dtype=honest.dtype, device=honest.device)
+        G[:h] = honest
+        # randomised rules (bucketing, ...) get their own generator, reset to the same seed before every
+        # probe so that all strengths are compared under the same randomness (one draw from ctx.generator)
+        seed = int(torch.randint(0, 2**62, (1,), generator=ctx.generator, device=ctx.generator.device))
+        probe_gen = torch.Generator(device=honest.device)
+        agg_ctx = AggregationContext(round=ctx.round, params=ctx.params, generator=probe_gen)
+        aggregator = ctx.aggregator
+
+        def damage(tau: float) -> float:
+            G[h:] = self._vector(stats, tau)
+            probe_gen.manual_seed(seed)
+            out = aggregator.evaluate(G, agg_ctx)
+            return float(torch.linalg.vector_norm(out - mu))
+
+        return damage
+
+    def forge(self, ctx: AttackContext) -> Tensor:
+        honest_mean(ctx)  # clear error when there is no honest row
+        if ctx.f == 0:
+            return ctx.honest[:0]
+        damage = self.damage_function(ctx)
+        tau, value = line_maximize(damage, self.evals, self.start, self.delta, self.ratio)
+        self.last_strength, self.last_damage = tau, value
+        return rows_of(self._vector(self._prepare(ctx.honest), tau), ctx.f)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(evals={self.evals}, start={self.start}, delta={self.delta}, ratio={self.ratio})"
+
+
+@ATTACKS.register("alie_optimal")
+class OptimalALIEAttack(_OptimalAttack):
+    """ALIE with ``z`` optimised each round against the defender's rule (ByzFL "Optimal ALIE").
+
+    All send ``mu - z * sigma`` (as ``alie``) with ``z >= 0`` maximising ``||F(G(z)) - mu||``, found by
+    ``line_maximize`` (defaults as ByzFL's optimal attacks: start 0, delta 10, ratio 0.8, 20
+    evaluations). The chosen ``z`` is kept in ``last_strength``.
+    """
+
+    name = "alie_optimal"
+
+    def _prepare(self, honest: Tensor) -> Any:
+        return honest.mean(dim=0), coordinate_std(honest)
+
+    def _vector(self, stats: Any, tau: float) -> Tensor:
+        mu, sigma = stats
+        return mu - tau * sigma
+
+
+@ATTACKS.register("ipm_optimal")
+class OptimalIPMAttack(_OptimalAttack):
+    """IPM with ``epsilon`` optimised each round against the defender's rule (ByzFL "Optimal IPM").
+
+    All send ``-epsilon * mu`` (as ``ipm``) with ``epsilon >= 0`` maximising ``||F(G(eps)) - mu||``, found
+    by ``line_maximize`` (start 0, delta 10, ratio 0.8, 20 evaluations, as ByzFL). The chosen
+    ``epsilon`` is kept in ``last_strength``.
+    """
+
+    name = "ipm_optimal"
+
+    def _prepare(self, honest: Tensor) -> Any:
+        return honest.mean(dim=0)
+
+    def _vector(self, stats: Any, tau: float) -> Tensor:
+        return -tau * stats
+
+
+__all__ = ["line_maximize", "OptimalALIEAttack", "OptimalIPMAttack"]

@@ -1,0 +1,113 @@
+"""Command line: ``byzlearn run | list | demo`` (also ``python -m byzlearn``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import config as config_mod
+from .registry import ConfigError
+
+
+def _default_out(cfg: config_mod.Config) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stamp}-{cfg.data.name}-{cfg.aggregator['name']}-{cfg.attack['name']}"
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .experiments.runner import Run
+
+    if args.resume:
+        if args.config or args.set:
+            raise ConfigError("--resume DIR continues a run with its saved config; do not pass CONFIG or --set with it")
+        run = Run.resume(args.resume, device=args.device)
+    else:
+        overrides = list(args.set or [])
+        if args.data_dir:
+            overrides.append(f"data.data_dir={json.dumps(args.data_dir)}")
+        if args.device:
+            overrides.append(f"train.device={args.device}")
+        cfg = config_mod.load(args.config, overrides)
+        run = Run.create(cfg, args.out or _default_out(cfg))
+    summary = run.execute(progress=False if args.quiet else None)
+    assert summary is not None
+    print(f"run folder: {run.out}")
+    print(
+        f"final test accuracy {100 * summary['final_test_accuracy']:.2f}%  best {100 * summary['best_test_accuracy']:.2f}%  "
+        f"rounds {summary['rounds']}  wall time {summary['wall_time']:.1f} s"
+    )
+    print(f"plot: {run.out / 'curves.png'}")
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from .aggregators import AGGREGATORS, PREAGGREGATORS
+    from .attacks import ATTACKS
+    from .data import DATASETS, PARTITION_SCHEMES
+    from .models import MODELS
+    from .optim import OPTIMIZERS
+
+    for title, reg in [
+        ("aggregation rules (aggregator.name)", AGGREGATORS),
+        ("pre-aggregators (aggregator.pre)", PREAGGREGATORS),
+        ("attacks (attack.name)", ATTACKS),
+        ("data sets (data.name)", DATASETS),
+        ("models (model.name)", MODELS),
+        ("server optimisers (optimizer.name)", OPTIMIZERS),
+    ]:
+        print(f"{title}:")
+        skip = ("params", "input_shape", "num_classes", "data_dir", "download")
+        for e in reg.entries():
+            keys = ", ".join(reg.parameters(e.name, skip))
+            print(f"  {e.name:<20} {e.summary}" + (f"  [keys: {keys}]" if keys else ""))
+    print(f"partitions (data.partition): {', '.join(PARTITION_SCHEMES)}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .experiments.demo import main as demo
+
+    return demo(out=Path(args.out) if args.out else None, quiet=args.quiet)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="byzlearn", description="Byzantine-robust distributed learning: run, compare and study defences.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="train one configuration (simulator)", description="Train one configuration and write a run folder.")
+    r.add_argument("config", nargs="?", help="TOML config file (every key has a default)")
+    r.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config key (repeatable), e.g. --set aggregator.name=krum")
+    r.add_argument("--out", help="run folder (default: runs/<time>-<data>-<rule>-<attack>)")
+    r.add_argument("--data-dir", help="where the data set's files are (also: BYZLEARN_DATA, data.data_dir)")
+    r.add_argument("--device", help="cpu, cuda, cuda:N or auto (train.device)")
+    r.add_argument("--resume", metavar="DIR", help="continue a killed run from its last checkpoint")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=_cmd_run)
+
+    lst = sub.add_parser("list", help="list rules, pre-aggregators, attacks, data sets, models and optimisers")
+    lst.set_defaults(func=_cmd_list)
+
+    d = sub.add_parser("demo", help="the main job: a short robustness comparison on the embedded digits data set")
+    d.add_argument("--out", help="folder for the runs, table and plot (default: runs/demo)")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"byzlearn: error: {e}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"byzlearn: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""Run configuration: TOML sections with every key defaulted, ``--set`` overrides, validation.
+
+Sections ``data``, ``model``, ``workers``, ``train`` have a fixed schema (the dataclasses below).
+Sections ``attack``, ``aggregator`` and ``optimizer`` hold a ``name`` plus the keyword arguments of
+the registered component of that name; those keys are checked against its signature. Every problem
+is a ``ConfigError`` raised before training, naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+
+from .registry import ConfigError, _type_name, _type_ok
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    data_dir: str | None = None
+    download: bool = True
+    partition: Literal["iid", "dirichlet", "labels"] = "iid"
+    alpha: float = 0.5
+    labels_per_worker: int = 2
+    public_size: int = 0
+    public_batch: int = 16
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp20"
+
+
+@dataclass
+class WorkersConfig:
+    n: int = 10
+    byzantine: int = 0
+    batch_size: int = 32
+    byzantine_set: Literal["fixed", "redraw"] = "fixed"
+
+
+@dataclass
+class TrainConfig:
+    rounds: int = 300
+    eval_every: int = 25
+    seed: int = 0
+    device: str = "cpu"
+    checkpoint_every: int = 100
+    eval_batch_size: int = 10000
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+
+
+FIXED_SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "workers": WorkersConfig, "train": TrainConfig}
+OPEN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "attack": {"name": "none"},
+    "aggregator": {"name": "mean"},
+    "optimizer": {"name": "sgd", "lr": 0.1},
+}
+SECTIONS = [*FIXED_SECTIONS, *OPEN_DEFAULTS]
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    attack: dict[str, Any] = field(default_factory=lambda: dict(OPEN_DEFAULTS["attack"]))
+    aggregator: dict[str, Any] = field(default_factory=lambda: dict(OPEN_DEFAULTS["aggregator"]))
+    optimizer: dict[str, Any] = field(default_factory=lambda: dict(OPEN_DEFAULTS["optimizer"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in SECTIONS:
+            sec = getattr(self, name)
+            d = dataclasses.asdict(sec) if dataclasses.is_dataclass(sec) else dict(sec)
+            out[name] = {k: v for k, v in d.items() if v is not None}  # TOML has no null: absent = None
+        return out
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+    def hash(self) -> str:
+        """Hash of the experiment's definition (the data location and device do not change it)."""
+        d = self.to_dict()
+        d["data"].pop("data_dir", None)
+        d["train"].pop("device", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _check_fixed(section: str, cls: type, values: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        if key not in fields:
+            allowed = ", ".join(f"{k} ({_type_name(hints[k])})" for k in hints)
+            raise ConfigError(f"unknown key {section}.{key}; allowed keys in [{section}]: {allowed}")
+        if not _type_ok(value, hints[key]):
+            raise ConfigError(f"{section}.{key} = {value!r} has the wrong type: expected {_type_name(hints[key])}")
+    return cls(**{k: (float(v) if hints[k] is float else v) for k, v in values.items()})
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    """Build a ``Config`` from nested dicts (a parsed TOML file), checking section and key names and types."""
+    for section, values in raw.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown config section [{section}]; sections: {', '.join(SECTIONS)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{section}] must be a table of keys, got {values!r}")
+    kwargs: dict[str, Any] = {}
+    for section, cls in FIXED_SECTIONS.items():
+        kwargs[section] = _check_fixed(section, cls, raw.get(section, {}))
+    for section, default in OPEN_DEFAULTS.items():
+        values = dict(raw.get(section, {}))
+        if "name" not in values:
+            # a new name without keys starts from that component's defaults, not the default component's
+            values = {**default, **values}
+        if not isinstance(values["name"], str):
+            raise ConfigError(f"{section}.name must be a string, got {values['name']!r}")
+        kwargs[section] = values
+    return Config(**kwargs)
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: a TOML literal (``3``, ``0.1``, ``true``, ``[1, 2]``, ``"x"``) or else a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides to a raw config dict (a new dict is returned)."""
+    raw = {k: dict(v) for k, v in raw.items()}
+    set_here: set[tuple[str, str]] = set()
+    for item in overrides:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"--set expects section.key=value (e.g. aggregator.name=krum), got {item!r}")
+        path, text = item.split("=", 1)
+        section, key = path.strip().split(".", 1)
+        if section not in SECTIONS:
+            raise ConfigError(f"--set {item!r}: unknown section {section!r}; sections: {', '.join(SECTIONS)}")
+        key, value = key.strip(), parse_value(text.strip())
+        if section in OPEN_DEFAULTS and key == "name":
+            current = raw.get(section, {}).get("name", OPEN_DEFAULTS[section]["name"])
+            if current != value:  # switching component: the file's keys for the old one do not apply
+                kept = {k: v for k, v in raw.get(section, {}).items() if (section, k) in set_here}
+                raw[section] = kept
+        raw.setdefault(section, {})[key] = value
+        set_here.add((section, key))
+    return raw
+
+
+def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a TOML config (or start from the defaults), apply overrides and check it."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            raw = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from e
+    return from_dict(apply_overrides(raw, overrides or []))

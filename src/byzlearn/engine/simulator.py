@@ -1,0 +1,209 @@
+"""The single-process simulator: synchronous parameter-server rounds, all workers batched.
+
+One round (DESIGN.md, "Data flow of one synchronous round"):
+
+1. every worker draws a minibatch of its own shard (``ShardSampler``: one ``topk`` for all);
+2. the gradients of all workers that compute honestly are evaluated in ONE batched pass,
+   ``vmap(grad_and_value(loss))`` over the workers' minibatches, giving ``Tensor[k, d]``;
+3. the attack forges the Byzantine rows (seeing the honest rows: the omniscient threat model);
+4. the aggregator maps the ``Tensor[n, d]`` batch to one ``Tensor[d]``;
+5. the server optimiser applies it to the flat parameter vector.
+
+Every random stream (partition, sampling, Byzantine set, attack, public batch) has its own
+seeded ``torch.Generator``; all of them, the parameters, the optimiser, the aggregator and the
+attack are in ``state_dict``, so a resumed run continues the very same trajectory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import grad_and_value, vmap
+
+from ..aggregators import AggregationContext, build_aggregator
+from ..attacks import ATTACKS, AttackContext
+from ..config import Config
+from ..data import Dataset, load_dataset, pad_shards, partition, split_public
+from ..models import MODELS, FlatModel
+from ..optim import OPTIMIZERS
+from ..registry import ConfigError
+from .sampling import ShardSampler
+from .validate import resolve_device, validate
+
+STREAMS = ("partition", "sample", "byzantine", "attack", "public", "aggregator")
+
+
+def _generators(seed: int) -> dict[str, torch.Generator]:
+    return {name: torch.Generator().manual_seed(seed * 1000 + i) for i, name in enumerate(STREAMS)}
+
+
+class Simulator:
+    """A run's whole state and its ``step`` (one round) on one device."""
+
+    def __init__(self, cfg: Config, dataset: Dataset | None = None):
+        validate(cfg)
+        self.cfg = cfg
+        self.device = resolve_device(cfg.train.device)
+        if cfg.train.threads > 0:
+            torch.set_num_threads(cfg.train.threads)
+        self.gens = _generators(cfg.train.seed)
+        w = cfg.workers
+        self.n, self.f, self.batch_size = w.n, w.byzantine, w.batch_size
+
+        # -- data: shards of the training set, a held-out public split ------------------------------
+        ds = dataset if dataset is not None else load_dataset(cfg.data.name, cfg.data.data_dir, cfg.data.download)
+        self.dataset = ds
+        n_train = ds.y_train.shape[0]
+        train_idx = torch.arange(n_train)
+        public_idx = torch.empty(0, dtype=torch.long)
+        if cfg.data.public_size > 0:
+            train_idx, public_idx = split_public(n_train, cfg.data.public_size, self.gens["partition"])
+        shards = partition(
+            ds.y_train[train_idx], self.n, cfg.data.partition, self.gens["partition"],
+            alpha=cfg.data.alpha, labels_per_worker=cfg.data.labels_per_worker,
+        )
+        shard_index, shard_sizes = pad_shards([train_idx[s] for s in shards])
+        self.shard_sizes = shard_sizes
+        self.sampler = ShardSampler(shard_index, shard_sizes, self.batch_size)
+        self.x_train, self.y_train = ds.x_train.to(self.device), ds.y_train.to(self.device)
+        self.x_test, self.y_test = ds.x_test.to(self.device), ds.y_test.to(self.device)
+        self.public_idx = public_idx
+
+        # -- model as a function of one flat vector ---------------------------------------------------
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.train.seed)
+            module = MODELS.build(cfg.model.name, {}, "model", input_shape=ds.input_shape, num_classes=ds.num_classes)
+        self.model = FlatModel(module).to(self.device)
+        self.theta = self.model.init().to(self.device)
+        self.d = self.model.d
+        self._grads = vmap(grad_and_value(self._loss), in_dims=(None, 0, 0))
+        self._losses = vmap(self._loss, in_dims=(0, None, None))
+
+        # -- Byzantine behaviour, rule, server optimiser ----------------------------------------------
+        self.attack = ATTACKS.build(cfg.attack["name"], {k: v for k, v in cfg.attack.items() if k != "name"}, "attack")
+        self.aggregator = build_aggregator(cfg.aggregator, f_default=self.f)
+        self.aggregator.check(self.n)
+        opt = {k: v for k, v in cfg.optimizer.items() if k != "name"}
+        self.optimizer = OPTIMIZERS.build(cfg.optimizer["name"], opt, "optimizer", skip=("params",), params=[self.theta])
+        self.byzantine = self._draw_byzantine()
+        self.round = 0
+
+    # -- pieces of a round ------------------------------------------------------------------------------
+    def _loss(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(self.model(theta, x), y)
+
+    def _draw_byzantine(self) -> Tensor:
+        """Indices of this round's Byzantine workers (sorted)."""
+        return torch.randperm(self.n, generator=self.gens["byzantine"])[: self.f].sort().values
+
+    @property
+    def lr(self) -> float | None:
+        return self.optimizer.param_groups[0].get("lr")
+
+    def public_loss(self, P: Tensor) -> Tensor:
+        """Loss on a fresh public minibatch for each row of a parameter batch ``P: Tensor[k, d]``."""
+        if self.public_idx.numel() == 0:
+            raise ConfigError("this rule needs the server's public batch: set data.public_size > 0")
+        pick = torch.randperm(self.public_idx.numel(), generator=self.gens["public"])[: self.cfg.data.public_batch]
+        idx = self.public_idx[pick].to(self.device)
+        return self._losses(P, self.x_train[idx], self.y_train[idx])
+
+    def worker_gradients(self, workers: Tensor, idx: Tensor, poison: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Gradients ``Tensor[k, d]`` and losses ``Tensor[k]`` of the given workers in one batched pass.
+
+        ``idx``: their minibatches' sample indices ``[k, B]``; ``poison``: a mask ``[k]`` of workers
+        whose labels the attack rewrites (data-level attacks).
+        """
+        idx = idx.to(self.device)
+        x, y = self.x_train[idx], self.y_train[idx]
+        if poison is not None and bool(poison.any()):
+            y = torch.where(poison.to(self.device).unsqueeze(1), self.attack.poison_labels(y, self.dataset.num_classes), y)
+        return self._grads(self.theta, x, y)
+
+    def aggregation_context(self) -> AggregationContext:
+        return AggregationContext(
+            round=self.round, params=self.theta, lr=self.lr, public_loss=self.public_loss, generator=self.gens["aggregator"],
+        )
+
+    def gradient_batch(self, agg_ctx: AggregationContext | None = None) -> tuple[Tensor, Tensor]:
+        """This round's ``G: Tensor[n', d]`` (n' < n when Byzantine messages are dropped) and honest losses."""
+        if self.cfg.workers.byzantine_set == "redraw" and self.round > 0:
+            self.byzantine = self._draw_byzantine()
+        is_byz = torch.zeros(self.n, dtype=torch.bool)
+        is_byz[self.byzantine] = True
+        idx = self.sampler.sample(self.gens["sample"])  # every worker draws, so attacks don't shift the stream
+        if self.attack.needs_own_gradients:
+            grads, losses = self.worker_gradients(torch.arange(self.n), idx, is_byz if self.attack.poisons_data else None)
+            honest, own, honest_losses = grads[~is_byz.to(grads.device)], grads[is_byz.to(grads.device)], losses[~is_byz.to(grads.device)]
+        else:
+            honest, honest_losses = self.worker_gradients(torch.nonzero(~is_byz).squeeze(1), idx[~is_byz])
+            own = None
+        if self.f == 0:
+            return honest, honest_losses
+        ctx = AttackContext(
+            n=self.n, f=self.f, round=self.round, honest=honest, own=own, params=self.theta,
+            aggregator=self.aggregator, generator=self.gens["attack"],
+            aggregation=agg_ctx if agg_ctx is not None else self.aggregation_context(),
+        )
+        forged = self.attack.forge(ctx)
+        k = forged.shape[0]
+        if k > self.f or (k and forged.shape[1] != self.d):
+            raise RuntimeError(f"attack {self.attack.name!r} returned shape {tuple(forged.shape)}; expected at most ({self.f}, {self.d})")
+        G = torch.empty(self.n, self.d, dtype=honest.dtype, device=honest.device)
+        G[~is_byz] = honest
+        byz_dev = self.byzantine.to(G.device)
+        G[byz_dev[:k]] = forged.to(G.dtype)
+        if k < self.f:  # the other Byzantine workers sent nothing
+            keep = torch.ones(self.n, dtype=torch.bool, device=G.device)
+            keep[byz_dev[k:]] = False
+            G = G[keep]
+        return G, honest_losses
+
+    def step(self) -> float:
+        """One synchronous round; returns the honest workers' mean training loss."""
+        ctx = self.aggregation_context()
+        G, honest_losses = self.gradient_batch(ctx)
+        update = self.aggregator(G, ctx)
+        self.theta.grad = update.to(self.theta.dtype)
+        self.optimizer.step()
+        self.round += 1
+        return float(honest_losses.mean())
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        """Test loss and accuracy of the current model on the whole test set."""
+        bs = self.cfg.train.eval_batch_size
+        loss_sum, correct = 0.0, 0
+        for start in range(0, self.y_test.shape[0], bs):
+            x, y = self.x_test[start:start + bs], self.y_test[start:start + bs]
+            logits = self.model(self.theta, x)
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+        m = self.y_test.shape[0]
+        return loss_sum / m, correct / m
+
+    # -- checkpointing ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "round": self.round,
+            "theta": self.theta.detach().cpu().clone(),
+            "optimizer": self.optimizer.state_dict(),
+            "aggregator": self.aggregator.state_dict(),
+            "attack": self.attack.state_dict(),
+            "byzantine": self.byzantine.clone(),
+            "generators": {k: g.get_state() for k, g in self.gens.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.round = state["round"]
+        with torch.no_grad():
+            self.theta.copy_(state["theta"].to(self.device))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.aggregator.load_state_dict(state["aggregator"])
+        self.attack.load_state_dict(state["attack"])
+        self.byzantine = state["byzantine"]
+        for k, g in self.gens.items():
+            g.set_state(state["generators"][k])

@@ -1,0 +1,62 @@
+"""Checks of a whole config that need more than one key, run before any data is loaded."""
+
+from __future__ import annotations
+
+import torch
+
+from ..aggregators import build_aggregator
+from ..attacks import ATTACKS
+from ..config import Config
+from ..data import DATASETS
+from ..models import MODELS
+from ..optim import OPTIMIZERS
+from ..registry import ConfigError, check_params
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when present)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"train.device = {name!r} is not a device; use cpu, cuda, cuda:N or auto") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device = {name!r} but CUDA is not available here; use train.device=cpu (or auto)")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"train.device = {name!r}: only cpu and cuda are supported")
+    return dev
+
+
+def _positive(value: int, key: str, minimum: int = 1) -> None:
+    if value < minimum:
+        raise ConfigError(f"{key} = {value} must be >= {minimum}")
+
+
+def validate(cfg: Config) -> None:
+    """Raise ``ConfigError`` naming the key for any impossible setting."""
+    w, t, d = cfg.workers, cfg.train, cfg.data
+    _positive(w.n, "workers.n")
+    _positive(w.batch_size, "workers.batch_size")
+    if not 0 <= w.byzantine < w.n:
+        raise ConfigError(
+            f"workers.byzantine = {w.byzantine} is impossible with workers.n = {w.n}: it must be in [0, {w.n - 1}] "
+            "(at least one worker must be honest)"
+        )
+    _positive(t.rounds, "train.rounds")
+    _positive(t.eval_every, "train.eval_every")
+    _positive(t.checkpoint_every, "train.checkpoint_every")
+    _positive(t.eval_batch_size, "train.eval_batch_size")
+    _positive(t.threads, "train.threads", 0)
+    _positive(d.public_size, "data.public_size", 0)
+    _positive(d.public_batch, "data.public_batch")
+    if d.alpha <= 0:
+        raise ConfigError(f"data.alpha = {d.alpha} must be > 0 (Dirichlet concentration)")
+    if d.name not in DATASETS:
+        raise ConfigError(f"unknown data.name {d.name!r}; known: {', '.join(DATASETS.names())}")
+    if cfg.model.name not in MODELS:
+        raise ConfigError(f"unknown model.name {cfg.model.name!r}; known: {', '.join(MODELS.names())}")
+    resolve_device(t.device)
+    check_params(ATTACKS, cfg.attack["name"], {k: v for k, v in cfg.attack.items() if k != "name"}, "attack")
+    check_params(OPTIMIZERS, cfg.optimizer["name"], {k: v for k, v in cfg.optimizer.items() if k != "name"}, "optimizer", skip=("params",))
+    build_aggregator(cfg.aggregator, f_default=w.byzantine).check(w.n)
