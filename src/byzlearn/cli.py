@@ -1,4 +1,4 @@
-"""Command line: ``byzlearn run | list | demo`` (also ``python -m byzlearn``)."""
+"""Command line: ``byzlearn run | matrix | list | demo`` (also ``python -m byzlearn``)."""
 
 from __future__ import annotations
 
@@ -67,6 +67,20 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_matrix(args: argparse.Namespace) -> int:
+    from .experiments.matrix import load_matrix_config, run_matrix
+
+    overrides = list(args.set or [])
+    if args.data_dir:
+        overrides.append(f"data.data_dir={json.dumps(args.data_dir)}")
+    raw = load_matrix_config(args.config, overrides)
+    out = Path(args.out) if args.out else Path("runs") / f"matrix-{Path(args.config).stem if args.config else 'default'}"
+    rows = run_matrix(raw, out, jobs=args.jobs, progress=False if args.quiet else None)
+    print((out / "table.md").read_text())
+    print(f"{len(rows)} cells; results: {out / 'results.md'}, {out / 'results.csv'}, {out / 'results.json'}, {out / 'heatmap.png'}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .experiments.demo import main as demo
 
@@ -89,6 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     lst = sub.add_parser("list", help="list rules, pre-aggregators, attacks, data sets, models and optimisers")
     lst.set_defaults(func=_cmd_list)
+
+    m = sub.add_parser("matrix", help="robustness matrix: rules x attacks x f (x heterogeneity), resumable",
+                       description="Run every cell of a matrix config ([matrix] section) not finished yet; write CSV, JSON, markdown and a heatmap.")
+    m.add_argument("config", nargs="?", help="TOML config with a [matrix] section (aggregators, attacks, byzantine, data, seeds)")
+    m.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a key (matrix.* keys too), repeatable")
+    m.add_argument("--out", help="matrix folder (default: runs/matrix-<config name>); re-running it skips finished cells")
+    m.add_argument("--data-dir", help="where the data set's files are (also: BYZLEARN_DATA, data.data_dir)")
+    m.add_argument("--jobs", type=int, default=1, help="cells run in parallel processes (each single-threaded)")
+    m.add_argument("--quiet", action="store_true", help="no progress bar")
+    m.set_defaults(func=_cmd_matrix)
 
     d = sub.add_parser("demo", help="the main job: a short robustness comparison on the embedded digits data set")
     d.add_argument("--out", help="folder for the runs, table and plot (default: runs/demo)")

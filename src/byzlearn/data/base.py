@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from ..registry import Registry
@@ -30,3 +31,12 @@ class Dataset:
 
 
 DATASETS: Registry[Dataset] = Registry("data set")
+
+
+def standardise(x_train: Tensor, x_test: Tensor) -> tuple[Tensor, Tensor]:
+    """New ``float32`` copies of both sets, standardised per channel (dim 1) with the training mean and std."""
+    x_train, x_test = x_train.to(torch.float32, copy=True), x_test.to(torch.float32, copy=True)
+    dims = [d for d in range(x_train.dim()) if d != 1]
+    mean = x_train.mean(dim=dims, keepdim=True)
+    std = x_train.std(dim=dims, keepdim=True).clamp_min(1e-8)
+    return x_train.sub_(mean).div_(std), x_test.sub_(mean).div_(std)

@@ -1,0 +1,259 @@
+"""The robustness matrix: rules x attacks x Byzantine counts x heterogeneity, one run per cell.
+
+A matrix config is a run config (the base of every cell) plus a ``[matrix]`` section::
+
+    [matrix]
+    aggregators = ["mean", "median", {name = "krum", pre = ["nnm"]}]
+    attacks     = ["none", "sign_flip", {name = "alie"}]
+    byzantine   = [3]                                   # workers.byzantine values
+    data        = [{partition = "iid"}, {partition = "dirichlet", alpha = 0.3}]   # heterogeneity levels
+    seeds       = [0]
+
+Each cell is an ordinary run folder under ``OUT/cells/``; a cell whose ``summary.json`` exists is not
+run again, so an interrupted matrix resumes where it stopped (and a killed cell resumes from its
+checkpoint). Results: ``results.csv``, ``results.json`` (one row per cell), ``results.md`` and
+``heatmap.png`` (final test accuracy).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import time
+import tomllib
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import config as config_mod
+from ..registry import ConfigError
+
+MATRIX_KEYS = {"aggregators", "attacks", "byzantine", "data", "seeds"}
+
+
+@dataclass
+class Cell:
+    method: str
+    attack: str
+    setting: dict[str, Any]
+    raw: dict[str, Any]  # the cell's full raw config
+
+    @property
+    def slug(self) -> str:
+        s = self.setting
+        parts = [self.method, self.attack, f"f{s['byzantine']}", s["heterogeneity"], f"seed{s['seed']}"]
+        return "__".join(p.replace("/", "-").replace(" ", "") for p in parts)
+
+
+def _spec(item: Any, what: str) -> dict[str, Any]:
+    if isinstance(item, str):
+        return {"name": item}
+    if isinstance(item, dict) and "name" in item:
+        return dict(item)
+    raise ConfigError(f"matrix.{what} entries are names or tables with a name, got {item!r}")
+
+
+def _label(spec: dict[str, Any]) -> str:
+    pre = [p if isinstance(p, str) else p["name"] for p in spec.get("pre", [])]
+    extra = [f"{k}={v}" for k, v in spec.items() if k not in ("name", "pre")]
+    return "+".join(pre + [spec["name"]]) + (f"({','.join(extra)})" if extra else "")
+
+
+def _het_label(d: dict[str, Any]) -> str:
+    if not d:
+        return "base"
+    p = d.get("partition", "iid")
+    if p == "dirichlet" and "alpha" in d:
+        return f"dirichlet{d['alpha']}"
+    if p == "labels" and "labels_per_worker" in d:
+        return f"labels{d['labels_per_worker']}"
+    return p
+
+
+def expand(raw: dict[str, Any]) -> list[Cell]:
+    """The cells of a matrix config (checked: every cell's config must be valid)."""
+    from ..engine.validate import validate
+
+    raw = {k: dict(v) for k, v in raw.items()}
+    m = raw.pop("matrix", {})
+    unknown = set(m) - MATRIX_KEYS
+    if unknown:
+        raise ConfigError(f"unknown key(s) matrix.{', matrix.'.join(sorted(unknown))}; allowed: {', '.join(sorted(MATRIX_KEYS))}")
+    base = config_mod.from_dict(raw)
+    aggs = [_spec(a, "aggregators") for a in m.get("aggregators", [base.aggregator])]
+    attacks = [_spec(a, "attacks") for a in m.get("attacks", [base.attack])]
+    fs = m.get("byzantine", [base.workers.byzantine])
+    hets = m.get("data", [{}])
+    seeds = m.get("seeds", [base.train.seed])
+    cells = []
+    for het in hets:
+        for f in fs:
+            for attack in attacks if f > 0 else [{"name": "none"}]:  # with no Byzantine worker, no attack
+                for agg in aggs:
+                    for seed in seeds:
+                        cell_raw = {k: dict(v) for k, v in raw.items()}
+                        cell_raw["aggregator"] = dict(agg)
+                        cell_raw["attack"] = dict(attack)
+                        cell_raw.setdefault("workers", {})["byzantine"] = f
+                        cell_raw.setdefault("data", {}).update(het)
+                        cell_raw.setdefault("train", {})["seed"] = seed
+                        cfg = config_mod.from_dict(cell_raw)
+                        validate(cfg)
+                        setting = {
+                            "attack": _label(attack), "byzantine": f, "workers": cfg.workers.n,
+                            "heterogeneity": _het_label(het), "partition": cfg.data.partition,
+                            "data": cfg.data.name, "model": cfg.model.name, "seed": seed,
+                        }
+                        if cfg.data.partition == "dirichlet":
+                            setting["alpha"] = cfg.data.alpha
+                        cells.append(Cell(_label(agg), _label(attack), setting, cell_raw))
+    return cells
+
+
+_DATA_CACHE: dict[tuple, Any] = {}
+
+
+def _run_cell(cell_raw: dict[str, Any], out: str, threads: int) -> dict[str, Any]:
+    from ..data import load_dataset
+    from ..engine import Simulator
+    from .runner import CHECKPOINT, Run
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = config_mod.from_dict(cell_raw)
+    key = (cfg.data.name, cfg.data.data_dir)
+    if key not in _DATA_CACHE:
+        _DATA_CACHE[key] = load_dataset(cfg.data.name, cfg.data.data_dir, cfg.data.download)
+    if (Path(out) / CHECKPOINT).exists():
+        run = Run.resume(out)
+    else:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        run = Run(cfg, out, Simulator(cfg, dataset=_DATA_CACHE[key]))
+        (Path(out) / "config.toml").write_text(cfg.to_toml())
+        (Path(out) / "metrics.jsonl").write_text("")
+    summary = run.execute(progress=False)
+    assert summary is not None
+    return summary
+
+
+def run_matrix(raw: dict[str, Any], out: str | Path, jobs: int = 1, progress: bool | None = None) -> list[dict[str, Any]]:
+    """Run every cell not finished yet (``jobs`` processes at once) and write the result files."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    cells = expand(raw)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "matrix.toml").write_text(__import__("tomli_w").dumps(raw))
+    todo = [c for c in cells if not (out / "cells" / c.slug / "summary.json").exists()]
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), disable=None if progress is None else not progress, unit="cell", desc="matrix")
+    threads = 1 if jobs > 1 else 0
+    try:
+        if jobs > 1 and len(todo) > 1:
+            with ProcessPoolExecutor(max_workers=jobs) as pool:
+                futures = [pool.submit(_run_cell, c.raw, str(out / "cells" / c.slug), threads) for c in todo]
+                for fut in futures:
+                    fut.result()
+                    bar.update(1)
+        else:
+            for c in todo:
+                _run_cell(c.raw, str(out / "cells" / c.slug), threads)
+                bar.update(1)
+    finally:
+        bar.close()
+    rows = []
+    for c in cells:
+        s = json.loads((out / "cells" / c.slug / "summary.json").read_text())
+        rows.append({
+            "method": c.method, "setting": c.setting,
+            "final_test_accuracy": s["final_test_accuracy"], "best_test_accuracy": s["best_test_accuracy"],
+            "wall_time": s["wall_time"], "rounds": s["rounds"], "run": f"cells/{c.slug}",
+        })
+    write_results(rows, out, time.perf_counter() - t0)
+    return rows
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    cols: list[str] = []
+    for r in rows:
+        s = r["setting"]
+        hets = {x["setting"]["heterogeneity"] for x in rows}
+        seeds = {x["setting"]["seed"] for x in rows}
+        c = f"{s['attack']} f={s['byzantine']}" + (f" {s['heterogeneity']}" if len(hets) > 1 else "") + (f" s{s['seed']}" if len(seeds) > 1 else "")
+        r["_col"] = c
+        if c not in cols:
+            cols.append(c)
+    return cols
+
+
+def write_results(rows: list[dict[str, Any]], out: Path, wall: float) -> None:
+    """``results.csv``, ``results.json``, ``results.md`` and ``heatmap.png`` of final test accuracy."""
+    cols = _columns(rows)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    grid = {(r["method"], r["_col"]): r for r in rows}
+    clean = [{k: v for k, v in r.items() if k != "_col"} for r in rows]
+    (out / "results.json").write_text(json.dumps(clean, indent=1) + "\n")
+    with open(out / "results.csv", "w", newline="") as fh:
+        keys = sorted({k for r in clean for k in r["setting"]})
+        w = csv.writer(fh)
+        w.writerow(["method", *keys, "final_test_accuracy", "best_test_accuracy", "wall_time"])
+        for r in clean:
+            w.writerow([r["method"], *[r["setting"].get(k, "") for k in keys], r["final_test_accuracy"], r["best_test_accuracy"], r["wall_time"]])
+    lines = ["| rule | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for m in methods:
+        cells = [f"{100 * grid[(m, c)]['final_test_accuracy']:.1f}" if (m, c) in grid else "" for c in cols]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    (out / "table.md").write_text(table + "\n")
+    _heatmap(methods, cols, grid, out / "heatmap.png")
+    meta = (f"{len(rows)} cells; wall time of this invocation {wall:.1f} s; machine {platform.machine()}, "
+            f"{os.cpu_count()} cores, torch {torch.__version__}")
+    (out / "results.md").write_text(f"# Robustness matrix\n\nFinal test accuracy (%) per rule (rows) and attack / Byzantine count (columns).\n\n{table}\n\n{meta}\n\n![heatmap](heatmap.png)\n")
+
+
+def _heatmap(methods: list[str], cols: list[str], grid: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    vals = np.full((len(methods), len(cols)), np.nan)
+    for i, m in enumerate(methods):
+        for j, c in enumerate(cols):
+            if (m, c) in grid:
+                vals[i, j] = 100 * grid[(m, c)]["final_test_accuracy"]
+    fig, ax = plt.subplots(figsize=(1.3 + 1.15 * len(cols), 1.0 + 0.45 * len(methods)))
+    im = ax.imshow(vals, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+    ax.set_xticks(range(len(cols)), cols, rotation=35, ha="right")
+    ax.set_yticks(range(len(methods)), methods)
+    for i in range(len(methods)):
+        for j in range(len(cols)):
+            if not np.isnan(vals[i, j]):
+                ax.text(j, i, f"{vals[i, j]:.0f}", ha="center", va="center", fontsize=8)
+    fig.colorbar(im, ax=ax, label="final test accuracy (%)")
+    ax.set_title("robustness matrix")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def load_matrix_config(path: str | Path | None, overrides: list[str]) -> dict[str, Any]:
+    raw: dict[str, Any] = {}
+    if path is not None:
+        if not Path(path).is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        raw = tomllib.loads(Path(path).read_text())
+    matrix = raw.pop("matrix", {})
+    raw = config_mod.apply_overrides(raw, [o for o in overrides if not o.startswith("matrix.")])
+    for o in overrides:
+        if o.startswith("matrix."):
+            key, text = o[len("matrix."):].split("=", 1)
+            matrix[key] = config_mod.parse_value(text)
+    raw["matrix"] = matrix
+    return raw
