@@ -1,0 +1,102 @@
+"""Small shared helpers for rules that must survive non-finite (NaN / ±inf) Byzantine rows.
+
+Conventions used across the aggregators:
+
+- ``finite_rows(G)``: mask of the rows whose entries are all finite.
+- ``sort_workers(G)``: ``G`` sorted along the worker axis (dim 0) with NaN ordered as the largest
+  value (after ``+inf``), so that a NaN behaves like one more extreme value. Coordinate-wise rules
+  (median, trimmed mean, Bulyan's second step) that read the middle of the sorted columns therefore
+  never see a NaN while at most ``f`` values of a column are NaN/±inf.
+- ``row_norms(G)``: L2 norm of each row, overflow-safe for finite rows (a finite row with entries
+  around 1e30 in float32 gets its true norm, not ``inf``), and ``+inf`` for non-finite rows.
+"""
+
+import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["finite_rows", "sort_workers", "row_norms", "check_batch"]
+
+_NUMPY_SORT_DTYPES = (torch.float32, torch.float64, torch.float16)
+_PARALLEL_MIN_COLUMNS = 1 << 16
+
+_pool: ThreadPoolExecutor | None = None
+_pool_key: tuple[int, int] | None = None
+_pool_lock = threading.Lock()
+
+
+def check_batch(G: Tensor, rule: str) -> None:
+    """ValueError unless ``G`` is a non-empty floating-point ``Tensor[n, d]``."""
+    if not isinstance(G, Tensor) or G.dim() != 2:
+        shape = tuple(G.shape) if isinstance(G, Tensor) else type(G).__name__
+        raise ValueError(f"{rule}: expected a gradient batch Tensor[n, d], got {shape}")
+    if G.shape[0] == 0:
+        raise ValueError(f"{rule}: the gradient batch is empty (n = 0)")
+    if not G.is_floating_point():
+        raise ValueError(f"{rule}: expected a floating-point tensor, got dtype {G.dtype}")
+
+
+def finite_rows(G: Tensor) -> Tensor:
+    """``BoolTensor[n]``: True where every entry of the row is finite (no NaN, no ±inf)."""
+    return torch.isfinite(G).all(dim=1)
+
+
+def _thread_pool(workers: int) -> ThreadPoolExecutor:
+    # Recreated after a fork (torchrun workers, DataLoader workers): a pool's threads do not survive it.
+    global _pool, _pool_key
+    key = (os.getpid(), workers)
+    with _pool_lock:
+        if _pool is None or _pool_key != key:
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="byzlearn-sort")
+            _pool_key = key
+        return _pool
+
+
+def sort_workers(G: Tensor) -> Tensor:
+    """``G`` sorted along dim 0 (per coordinate, over the workers), NaN last (treated as above +inf).
+
+    On CPU (float16/32/64, no autograd needed) this uses numpy's sort along axis 0 split over
+    column blocks in ``torch.get_num_threads()`` threads (numpy releases the GIL while sorting);
+    it measured 5-12x faster than ``torch.sort(G, dim=0)`` on CPU for n in 10..100, d = 1e6.
+    Elsewhere (GPU, bfloat16, autograd) it is ``torch.sort`` after mapping NaN to +inf (so the
+    order does not depend on the backend's NaN convention).
+    """
+    if G.device.type == "cpu" and G.dtype in _NUMPY_SORT_DTYPES and not (G.requires_grad and torch.is_grad_enabled()):
+        a = G.detach().numpy()
+        out = np.array(a, copy=True, order="C")
+        n, d = out.shape
+        workers = max(1, torch.get_num_threads())
+        if workers == 1 or d < _PARALLEL_MIN_COLUMNS or n < 2:
+            out.sort(axis=0)  # numpy sorts NaN to the end
+        else:
+            step = max(_PARALLEL_MIN_COLUMNS // 4, math.ceil(d / (4 * workers)))
+            blocks = range(0, d, step)
+            list(_thread_pool(workers).map(lambda s: out[:, s : s + step].sort(axis=0), blocks))
+        return torch.from_numpy(out)
+    X = torch.where(torch.isnan(G), torch.full((), math.inf, dtype=G.dtype, device=G.device), G)
+    return torch.sort(X, dim=0).values
+
+
+def row_norms(G: Tensor) -> Tensor:
+    """L2 norm of each row (``Tensor[n]``, dtype of ``G``); ``+inf`` for rows with a NaN or ±inf entry.
+
+    A finite row whose norm overflows the dtype when computed directly is recomputed as
+    ``max|x| * ||x / max|x|||`` (one extra pass over those rows only).
+    """
+    norms = torch.linalg.vector_norm(G, dim=1)
+    bad = ~torch.isfinite(norms)
+    if bool(bad.any()):
+        finite = finite_rows(G)
+        overflow = bad & finite
+        if bool(overflow.any()):
+            rows = G[overflow]
+            scale = rows.abs().amax(dim=1, keepdim=True)
+            norms = norms.clone()
+            norms[overflow] = scale.squeeze(1) * torch.linalg.vector_norm(rows / scale, dim=1)
+        norms = torch.where(finite, norms, torch.full_like(norms, math.inf))
+    return norms

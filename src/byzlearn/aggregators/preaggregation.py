@@ -1,0 +1,173 @@
+"""Pre-aggregators ``Tensor[n, d] -> Tensor[m, d]`` applied before a rule: bucketing, static
+norm clipping and ARC (adaptive robust clipping).
+
+Functions hold the maths (re-exported by ``aggregators.functional``); the registered objects
+(``PREAGGREGATORS``: "bucketing", "clipping", "arc") wrap them for ``build_aggregator``'s
+``pre = [...]`` lists.
+
+Non-finite rows: the clipping pre-aggregators turn a row with a NaN/±inf entry into a zero row
+(its direction is undefined, so it cannot be rescaled); bucketing leaves such a row in its bucket,
+whose mean becomes non-finite, and the base rule must then survive it (one poisoned bucket per
+poisoned row at most).
+"""
+
+import math
+
+import torch
+from torch import Tensor
+
+from ._finite import check_batch, finite_rows, row_norms
+from .base import PREAGGREGATORS, AggregationContext, PreAggregator
+from ..registry import ConfigError
+
+__all__ = ["bucketing", "static_clip", "arc", "arc_clipped_count", "Bucketing", "Clipping", "ARC"]
+
+
+# ------------------------------------------------------------------------------------------------
+# maths
+# ------------------------------------------------------------------------------------------------
+def bucketing(G: Tensor, s: int, generator: torch.Generator | None = None) -> Tensor:
+    """Bucketing (Karimireddy, He, Jaggi, ICLR 2022): ``Tensor[n, d] -> Tensor[ceil(n/s), d]``.
+
+    Draw a fresh random permutation of the ``n`` rows (from ``generator``, or torch's default
+    CPU generator when None), cut it into consecutive buckets of ``s`` rows (the last bucket holds
+    the remaining ``n mod s`` rows when ``s`` does not divide ``n``) and return the mean of each
+    bucket. The permutation is drawn on the generator's device (CPU when None) and moved to ``G``'s.
+    """
+    check_batch(G, "bucketing")
+    if not isinstance(s, int) or isinstance(s, bool) or s < 1:
+        raise ValueError(f"bucketing: the bucket size s must be a positive integer, got {s!r}")
+    n, d = G.shape
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    perm = torch.randperm(n, generator=generator, device=gen_device).to(G.device)
+    P = G.index_select(0, perm)
+    full, rest = divmod(n, s)
+    parts = []
+    if full:
+        parts.append(P[: full * s].view(full, s, d).mean(dim=1))
+    if rest:
+        parts.append(P[full * s :].mean(dim=0, keepdim=True))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+
+
+def _clip_to(G: Tensor, norms: Tensor, threshold: Tensor | float) -> Tensor:
+    """Rescale rows with norm above ``threshold`` to norm ``threshold``; non-finite rows -> zero rows."""
+    threshold = torch.as_tensor(threshold, dtype=norms.dtype, device=norms.device)
+    # norms > threshold is False for norm 0 and for NaN; inf norms (non-finite rows) are zeroed below.
+    scale = torch.where(norms > threshold, threshold / norms, torch.ones_like(norms))
+    out = G * scale.unsqueeze(1)
+    nonfinite = torch.isinf(norms)
+    if bool(nonfinite.any()):
+        finite = finite_rows(G)
+        out = torch.where(finite.unsqueeze(1), out, torch.zeros((), dtype=G.dtype, device=G.device))
+    return out
+
+
+def static_clip(G: Tensor, c: float = 2.0) -> Tensor:
+    """Static norm clipping: ``x_i * min(1, c / ||x_i||_2)`` for every row (ByzFL ``Clipping``, c = 2.0).
+
+    Rows with norm <= ``c`` are returned unchanged (bit for bit); a row containing a NaN or ±inf
+    entry becomes a zero row. Norms are overflow-safe (see ``_finite.row_norms``).
+    """
+    check_batch(G, "static_clip")
+    if not (isinstance(c, (int, float)) and not isinstance(c, bool) and c > 0 and math.isfinite(c)):
+        raise ValueError(f"static_clip: the clipping threshold c must be a positive finite number, got {c!r}")
+    return _clip_to(G, row_norms(G), float(c))
+
+
+def arc_clipped_count(n: int, f: int) -> int:
+    """ARC's number of clipped vectors ``k = floor(2 (f/n) (n - f))`` (exact integer arithmetic)."""
+    return (2 * f * (n - f)) // n
+
+
+def arc(G: Tensor, f: int) -> Tensor:
+    """Adaptive robust clipping (Allouah et al. 2024, "The vital role of gradient clipping in
+    Byzantine-resilient distributed learning"): ``Tensor[n, d] -> Tensor[n, d]``.
+
+    With ``k = floor(2 (f/n) (n - f))``, the ``k`` rows of largest L2 norm are clipped to the norm of
+    the ``(k+1)``-th largest (= the ``(n-k)``-th smallest) row norm; the other rows are unchanged.
+    Clipping every row whose norm exceeds that threshold is the same map (rows tied with the
+    threshold are unchanged by clipping either way). Requires ``n > 2f``. Rows with NaN/±inf
+    entries count as having norm ``+inf`` (so they are among the clipped ones) and become zero rows.
+    """
+    check_batch(G, "arc")
+    if not isinstance(f, int) or isinstance(f, bool) or f < 0:
+        raise ValueError(f"arc: f must be a non-negative integer, got {f!r}")
+    n = G.shape[0]
+    if not 2 * f < n:
+        raise ValueError(f"arc needs n > 2f, got n={n}, f={f}")
+    k = arc_clipped_count(n, f)
+    norms = row_norms(G)
+    if k == 0:
+        return _clip_to(G, norms, math.inf)
+    threshold = torch.sort(norms).values[n - k - 1]
+    return _clip_to(G, norms, threshold)
+
+
+# ------------------------------------------------------------------------------------------------
+# registered objects
+# ------------------------------------------------------------------------------------------------
+@PREAGGREGATORS.register("bucketing")
+class Bucketing(PreAggregator):
+    """Random buckets of s rows, averaged (Karimireddy et al. ICLR 2022); n inputs -> ceil(n/s) outputs.
+
+    The permutation comes from ``ctx.generator`` (fresh every round). The base rule's ``f`` is NOT
+    rescaled: as in the epfml reference code, the chain passes the rule the same ``f`` (each
+    Byzantine row can poison at most one bucket, so at most ``f`` of the ``ceil(n/s)`` bucket means
+    are Byzantine), and the rule's requirement is checked with ``ceil(n/s)`` inputs (e.g. median
+    after bucketing with s = 2 needs ``ceil(n/2) > 2f``).
+    """
+
+    name = "bucketing"
+
+    def __init__(self, s: int = 2):
+        super().__init__(0)
+        if not isinstance(s, int) or isinstance(s, bool) or s < 1:
+            raise ConfigError(f"pre-aggregator bucketing: s (bucket size) must be a positive integer, got {s!r}")
+        self.s = s
+
+    def output_count(self, n: int) -> int:
+        return -(-n // self.s)
+
+    def __call__(self, G: Tensor, ctx: AggregationContext) -> Tensor:
+        return bucketing(G, self.s, ctx.generator if ctx is not None else None)
+
+    def __repr__(self) -> str:
+        return f"Bucketing(s={self.s})"
+
+
+@PREAGGREGATORS.register("clipping")
+class Clipping(PreAggregator):
+    """Static norm clipping of every row to norm at most c (ByzFL Clipping, default c = 2.0)."""
+
+    name = "clipping"
+
+    def __init__(self, c: float = 2.0):
+        super().__init__(0)
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not (c > 0 and math.isfinite(c)):
+            raise ConfigError(f"pre-aggregator clipping: c must be a positive finite number, got {c!r}")
+        self.c = float(c)
+
+    def __call__(self, G: Tensor, ctx: AggregationContext) -> Tensor:
+        return static_clip(G, self.c)
+
+    def __repr__(self) -> str:
+        return f"Clipping(c={self.c})"
+
+
+@PREAGGREGATORS.register("arc")
+class ARC(PreAggregator):
+    """Adaptive robust clipping (Allouah et al. 2024): clip the floor(2(f/n)(n-f)) largest-norm rows; needs n > 2f."""
+
+    name = "arc"
+
+    def __init__(self, f: int = 0):
+        if not isinstance(f, int) or isinstance(f, bool) or f < 0:
+            raise ConfigError(f"pre-aggregator arc: f must be a non-negative integer, got {f!r}")
+        super().__init__(f)
+
+    def requirement(self, n: int) -> str | None:
+        return None if 2 * self.f < n else "n > 2f (f < n/2)"
+
+    def __call__(self, G: Tensor, ctx: AggregationContext) -> Tensor:
+        return arc(G, self.f)
