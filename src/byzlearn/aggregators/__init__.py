@@ -11,6 +11,8 @@ from .base import (
     build_aggregator,
 )
 from . import rules as _rules  # noqa: F401  (registers the rules)
+from . import coordinatewise as _cw, preaggregation as _pre, validation as _val  # noqa: F401
+from . import distance as _distance  # noqa: F401
 
 __all__ = [
     "AGGREGATORS",

@@ -12,3 +12,9 @@ from torch import Tensor
 def mean(G: Tensor) -> Tensor:
     """Arithmetic mean of the rows (the non-robust baseline)."""
     return G.mean(dim=0)
+
+
+from .distance import pairwise_sq_distances, krum, krum_scores, multi_krum, bulyan, mda, mda_subset, geometric_median, centered_clipping, nnm, nnm_mixing_matrix  # noqa: E402,F401
+from .coordinatewise import median, trimmed_mean  # noqa: E402,F401
+from .preaggregation import bucketing, static_clip, arc  # noqa: E402,F401
+from .validation import zeno, zeno_scores  # noqa: E402,F401

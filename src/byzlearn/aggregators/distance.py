@@ -1,0 +1,692 @@
+"""Distance-based robust aggregation rules: the maths and the registered objects, side by side.
+
+Functional core (re-exported by ``aggregators.functional``):
+
+- :func:`pairwise_sq_distances` ``(G) -> Tensor[n, n]``
+- :func:`krum` ``(G, f)``, :func:`multi_krum` ``(G, f, m=None)``   (Blanchard et al., NeurIPS 2017)
+- :func:`bulyan` ``(G, f)``                                          (El Mhamdi et al., ICML 2018)
+- :func:`mda` ``(G, f)``                                             (minimum-diameter averaging)
+- :func:`geometric_median` ``(G, eps, max_iter, nu, weights, f)``    (Weiszfeld / smoothed Weiszfeld, RFA)
+- :func:`centered_clipping` ``(G, center, tau, iters, f)``           (Karimireddy, He, Jaggi, ICML 2021)
+- :func:`nnm` ``(G, f) -> Tensor[n, d]``                             (Allouah et al., AISTATS 2023)
+
+Common conventions:
+
+- ``G`` is ``Tensor[n, d]`` (float32 or float64, any device); rules return ``Tensor[d]`` in ``G``'s dtype.
+- Pairwise distances come from ONE centred Gram matrix (see ``_pairwise`` for the precision choice:
+  the Gram is accumulated in the input dtype on rows centred at a median-norm row).
+- Non-finite rows (NaN/Inf, or rows whose squared norm overflows) are infinitely far from every
+  other row: they are never selected while finite candidates remain, they get zero weight in the
+  geometric median and contribute nothing in centered clipping. With at most ``f`` such rows no rule
+  crashes and the output is finite.
+- Ties are broken towards the lowest row index (Krum, Multi-Krum, Bulyan's picks, NNM's neighbours)
+  and towards the lexicographically lowest subset (MDA).
+- Every function raises ``ValueError`` naming the violated condition when ``(n, f)`` is outside the
+  rule's requirement; every object reports the same condition from ``requirement(n)``.
+"""
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..registry import ConfigError
+from . import _pairwise as P
+from .base import AGGREGATORS, PREAGGREGATORS, AggregationContext, Aggregator, PreAggregator
+
+__all__ = [
+    "pairwise_sq_distances",
+    "krum",
+    "krum_scores",
+    "multi_krum",
+    "bulyan",
+    "mda",
+    "mda_subset",
+    "geometric_median",
+    "centered_clipping",
+    "nnm",
+    "nnm_mixing_matrix",
+]
+
+_INF = float("inf")
+
+
+# =====================================================================================================
+# requirements on (n, f), shared by the functions (ValueError) and the objects (requirement(n))
+# =====================================================================================================
+
+
+def _req_krum(n: int, f: int) -> str | None:
+    return None if n > 2 * f + 2 else f"n > 2f+2 (n={n}, f={f})"
+
+
+def _req_bulyan(n: int, f: int) -> str | None:
+    return None if n >= 4 * f + 3 else f"n >= 4f+3 (n={n}, f={f})"
+
+
+def _req_mda(n: int, f: int) -> str | None:
+    return None if n >= 2 * f + 1 else f"n >= 2f+1 (n={n}, f={f})"
+
+
+def _req_half(n: int, f: int) -> str | None:
+    return None if 2 * f < n else f"f < n/2 (n={n}, f={f})"
+
+
+def _require(who: str, problem: str | None) -> None:
+    if problem is not None:
+        raise ValueError(f"{who} requires {problem}")
+
+
+# =====================================================================================================
+# pairwise distances
+# =====================================================================================================
+
+
+def _distances(G: Tensor) -> tuple[Tensor, Tensor]:
+    K, finite, _ = P.centered_gram(G)
+    return P.sq_distances_from_gram(K, finite)
+
+
+def pairwise_sq_distances(G: Tensor) -> Tensor:
+    """Squared Euclidean distances ``D[i, j] = |x_i - x_j|^2`` as ``Tensor[n, n]`` (dtype of ``G``).
+
+    One Gram matrix (``X X^T`` on rows centred at a median-norm row, accumulated in the input dtype
+    in column chunks), ``D_ij = K_ii + K_jj - 2 K_ij``, clamped at 0, exactly zero diagonal,
+    symmetric. Rows with NaN/Inf (or an overflowing norm) are at distance ``+inf`` from every other
+    row and never enter the product, so they do not change the other entries. Pass float64 inputs
+    for distances that are tiny compared with the rows' spread around the centre.
+    """
+    P.check_batch(G, "pairwise_sq_distances")
+    return _distances(G)[0]
+
+
+# =====================================================================================================
+# Krum / Multi-Krum
+# =====================================================================================================
+
+
+def _scores(D: Tensor, k: int, alive: Tensor | None = None) -> Tensor:
+    """Sum of the ``k`` smallest distances to other (alive) rows: ``Tensor[n]``."""
+    Dx = D.clone()
+    Dx.fill_diagonal_(_INF)
+    if alive is not None:
+        Dx.masked_fill_(~alive[None, :], _INF)
+    if k <= 0:
+        return torch.zeros(D.shape[0], dtype=D.dtype, device=D.device)
+    return Dx.topk(k, dim=1, largest=False).values.sum(dim=1)
+
+
+def _rank_key(scores: Tensor, candidates: Tensor) -> Tensor:
+    """Sort key: candidates by score (an infinite score becomes the largest finite value, so that
+    candidates always rank before non-candidates, whose key is +inf)."""
+    big = torch.finfo(scores.dtype).max
+    s = torch.where(torch.isinf(scores) | torch.isnan(scores), torch.full_like(scores, big), scores)
+    return torch.where(candidates, s, torch.full_like(scores, _INF))
+
+
+def krum_scores(G: Tensor, f: int) -> Tensor:
+    """Krum scores ``s(i) = sum of the n-f-2 smallest |x_i - x_j|^2, j != i`` (``+inf`` for non-finite rows)."""
+    n, _ = P.check_batch(G, "krum_scores")
+    P.check_f(f, "krum_scores")
+    _require("krum", _req_krum(n, f))
+    D, finite = _distances(G)
+    s = _scores(D, n - f - 2)
+    return torch.where(finite, s, torch.full_like(s, _INF))
+
+
+def _krum_key(G: Tensor, f: int) -> tuple[Tensor, Tensor]:
+    n = G.shape[0]
+    D, finite = _distances(G)
+    s = _scores(D, n - f - 2)
+    cand = finite if bool(finite.any()) else torch.ones_like(finite)
+    return _rank_key(s, cand), finite
+
+
+def krum(G: Tensor, f: int) -> Tensor:
+    """Krum (Blanchard, El Mhamdi, Guerraoui, Stainer, NeurIPS 2017).
+
+    ``score(i) = sum of the SQUARED distances from x_i to its n-f-2 nearest other rows``; the output
+    is the row with the lowest score (ties: lowest index). Requires ``n > 2f+2``.
+
+    Follows the paper. Deviations elsewhere: ByzFL sums the n-f-1 nearest (and averages), Garfield
+    uses unsquared distances (and n-f-1 neighbours); the epfml code squares the distances twice.
+    """
+    n, _ = P.check_batch(G, "krum")
+    P.check_f(f, "krum")
+    _require("krum", _req_krum(n, f))
+    key, _ = _krum_key(G, f)
+    return G[torch.argmin(key)].clone()  # argmin returns the first minimal index
+
+
+def multi_krum(G: Tensor, f: int, m: int | None = None) -> Tensor:
+    """Multi-Krum: the mean of the ``m`` rows with the lowest Krum scores (ties: lowest index).
+
+    ``m=None`` means ``m = n - f`` (ByzFL's choice; Garfield uses n-f-2, the paper leaves m free;
+    ``m = 1`` is Krum). Requires ``n > 2f+2`` and ``1 <= m <= n``.
+    """
+    n, _ = P.check_batch(G, "multi_krum")
+    P.check_f(f, "multi_krum")
+    _require("multi_krum", _req_krum(n, f))
+    m = n - f if m is None else m
+    if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= n:
+        raise ValueError(f"multi_krum requires 1 <= m <= n (n={n}, m={m!r})")
+    key, finite = _krum_key(G, f)
+    order = torch.sort(key, stable=True).indices[:m]
+    w = torch.zeros(n, dtype=G.dtype, device=G.device)
+    w[order] = 1.0 / m
+    return P.weighted_rows(G, w, finite)
+
+
+# =====================================================================================================
+# Bulyan
+# =====================================================================================================
+
+
+def _bulyan_picks(D: Tensor, finite: Tensor, f: int, theta: int) -> Tensor:
+    """Iterated Krum on one distance matrix shrunk by masking: ``theta`` row indices in pick order."""
+    n = D.shape[0]
+    alive = torch.ones(n, dtype=torch.bool, device=D.device)
+    picks = []
+    for t in range(theta):  # a loop over the theta picks on an n x n matrix (no d-sized work)
+        r = n - t
+        s = _scores(D, max(r - f - 2, 0), alive)
+        cand = alive & finite
+        cand = torch.where(cand.any(), cand, alive)
+        i = torch.argmin(_rank_key(s, cand))
+        picks.append(i)
+        alive[i] = False
+    return torch.stack(picks)
+
+
+def bulyan(G: Tensor, f: int) -> Tensor:
+    """Bulyan (El Mhamdi, Guerraoui, Rouault, ICML 2018) over Krum. Requires ``n >= 4f+3``.
+
+    1. Selection: ``theta = n - 2f`` rows picked by iterated Krum: each pick is removed and Krum
+       (same ``f``, ``r - f - 2`` neighbours on the ``r`` remaining rows, clamped at 0; ties to the
+       lowest index) is recomputed on the rest, all from one distance matrix (masking, no new
+       O(n^2 d) work).
+    2. Per coordinate: the mean of the ``beta = theta - 2f`` picked values closest to the
+       coordinate-wise median of the picks (even ``theta``: the median is the average of the two
+       middle values; equally close values: the smaller one is taken first).
+
+    Implementation of step 2: the beta values closest to the median are a window of the sorted
+    values; its start is ``#{j < 2f : s_j + s_{j+beta} < 2 median}`` (exact comparisons, no
+    cumulative sums), and the window is averaged with a mask. Garfield's "Bulyan over Multi-Krum"
+    differs (it selects Multi-Krum averages); ByzFL's "Meamed" is step 2 alone.
+    """
+    n, _ = P.check_batch(G, "bulyan")
+    P.check_f(f, "bulyan")
+    _require("bulyan", _req_bulyan(n, f))
+    theta, beta = n - 2 * f, n - 4 * f
+    D, finite = _distances(G)
+    picks = _bulyan_picks(D, finite, f, theta)
+    s = torch.sort(G[picks], dim=0).values  # theta x d, sorted along the worker axis
+    h = theta // 2
+    m2 = 2.0 * s[h] if theta % 2 == 1 else s[h - 1] + s[h]
+    start = (s[: theta - beta] + s[beta:] < m2).sum(dim=0)  # monotone in j: a prefix
+    pos = torch.arange(theta, device=G.device)[:, None]
+    mask = (pos >= start) & (pos < start + beta)
+    return torch.where(mask, s, torch.zeros((), dtype=s.dtype, device=s.device)).sum(dim=0) / beta
+
+
+# =====================================================================================================
+# MDA: minimum-diameter averaging
+# =====================================================================================================
+
+
+def _adjacency(A: Any) -> list[int]:
+    """Bitmask adjacency lists of a boolean numpy matrix."""
+    n = A.shape[0]
+    return [int(sum(1 << j for j in range(n) if A[i, j])) for i in range(n)]
+
+
+def _mda_subset(D: Tensor, f: int) -> list[int]:
+    n = D.shape[0]
+    if f == 0:
+        return list(range(n))
+    import numpy as np
+
+    Dn = D.detach().to("cpu", torch.float64).numpy()
+    cands = np.unique(np.concatenate([[0.0], Dn[np.triu_indices(n, 1)]]))  # sorted, may end in +inf
+    full = (1 << n) - 1
+
+    def feasible(delta: float) -> bool:
+        # the rows kept must pairwise be within delta: remove <= f rows covering every longer pair
+        return P.vertex_cover_at_most(_adjacency(Dn > delta), full, f)
+
+    lo, hi = 0, len(cands) - 1  # cands[-1] is always feasible (no pair is longer)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if feasible(cands[mid]):
+            hi = mid
+        else:
+            lo = mid + 1
+    adj = _adjacency(Dn > cands[lo])
+    # lexicographically lowest independent set of size n-f in the "too far" graph, greedily
+    target, kept, U = n - f, [], full
+    for i in range(n):
+        if len(kept) == target:
+            break
+        if not (U >> i) & 1:
+            continue
+        U_keep = U & ~(1 << i) & ~adj[i]
+        need = target - len(kept) - 1  # rows still to keep among U_keep
+        budget = U_keep.bit_count() - need  # rows of U_keep we may drop
+        if budget >= 0 and P.vertex_cover_at_most(adj, U_keep, budget):
+            kept.append(i)
+            U = U_keep
+        else:
+            U &= ~(1 << i)
+    return kept
+
+
+def mda_subset(G: Tensor, f: int) -> list[int]:
+    """The rows (sorted indices) of MDA's subset: the (n-f)-subset of minimum diameter, ties to the
+    lexicographically lowest subset. See :func:`mda`."""
+    n, _ = P.check_batch(G, "mda")
+    P.check_f(f, "mda")
+    _require("mda", _req_mda(n, f))
+    return _mda_subset(_distances(G)[0], f)
+
+
+def mda(G: Tensor, f: int) -> Tensor:
+    """Minimum-diameter averaging: the exact mean of the (n-f)-subset of smallest diameter.
+
+    ``MDA_f(G) = mean of x_i, i in S*``, ``S* = argmin_{|S| = n-f} max_{i,j in S} |x_i - x_j|``;
+    ties: the lexicographically lowest subset (sorted index tuples). Requires ``n >= 2f+1`` (the
+    rule's condition, as in Garfield; the decentralised averaging-agreement use needs n >= 6f+1).
+
+    Exact and fast: the optimal diameter is one of the pairwise distances, so it is found by binary
+    search over the sorted distances; "some (n-f)-subset has diameter <= delta" is "the graph of
+    pairs farther than delta has a vertex cover of size <= f", decided exactly by a bounded search
+    tree (O(1.47^f n) worst case, usually far less). The lexicographically lowest optimal subset is
+    then built greedily with the same test. Cost: one Gram matrix plus O(n^2 log n) + the searches.
+    Non-finite rows are at distance +inf, hence never kept while at most f of them exist.
+    """
+    n, _ = P.check_batch(G, "mda")
+    P.check_f(f, "mda")
+    _require("mda", _req_mda(n, f))
+    D, finite = _distances(G)
+    kept = _mda_subset(D, f)
+    w = torch.zeros(n, dtype=G.dtype, device=G.device)
+    w[torch.tensor(kept, device=G.device)] = 1.0 / len(kept)
+    return P.weighted_rows(G, w, finite)
+
+
+# =====================================================================================================
+# Geometric median (Weiszfeld, smoothed Weiszfeld) in Gram space
+# =====================================================================================================
+
+
+def geometric_median(
+    G: Tensor,
+    eps: float = 1e-6,
+    max_iter: int = 100,
+    nu: float = 0.0,
+    weights: Tensor | None = None,
+    f: int | None = None,
+) -> Tensor:
+    """Geometric median ``argmin_z sum_i a_i |z - x_i|`` by Weiszfeld's algorithm.
+
+    - Initialisation: the (weighted) mean of the finite rows (as RFA and the geom_median package).
+    - ``nu = 0``: Weiszfeld with the Vardi-Zhang step when ``z`` lands on data points (within
+      rounding: ``|z - x_k|^2 <= 16 eps_dtype (|x_k - c|^2 + |z - c|^2)``); if the pull of the other
+      points does not exceed the coinciding weight, that point is the median and the loop stops.
+    - ``nu > 0``: smoothed Weiszfeld (RFA, Pillutla et al.): ``beta_i = a_i / max(nu, |z - x_i|)``.
+    - Stops when the relative change of the objective ``sum_i a_i |z - x_i|`` is below ``eps``, or
+      after ``max_iter`` iterations (``max_iter = 0`` returns the initial mean).
+    - ``weights``: optional non-negative ``a_i`` (default 1). Non-finite rows get weight 0.
+    - ``f``: optional; when given, checks the breakdown condition ``f < n/2``.
+
+    All iterations run in Gram space: ``z = w^T G`` stays a convex combination of the rows, so
+    ``|z - x_i|^2 = w^T K w - 2 (K w)_i + K_ii`` with the centred Gram ``K``; the iterations cost
+    O(n^2) each (in float64) and ``d`` is touched only by ``K`` and the final ``w^T G``.
+    """
+    n, d = P.check_batch(G, "geometric_median")
+    if f is not None:
+        P.check_f(f, "geometric_median")
+        _require("geometric_median", _req_half(n, f))
+    if not (isinstance(eps, (int, float)) and eps >= 0):
+        raise ValueError(f"geometric_median: eps must be >= 0, got {eps!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
+        raise ValueError(f"geometric_median: max_iter must be a non-negative integer, got {max_iter!r}")
+    if not (isinstance(nu, (int, float)) and nu >= 0):
+        raise ValueError(f"geometric_median: nu must be >= 0, got {nu!r}")
+    K, finite, _ = P.centered_gram(G)
+    finite = finite & torch.isfinite(K.diagonal())
+    a = torch.ones(n, dtype=torch.float64)
+    if weights is not None:
+        weights = torch.as_tensor(weights).detach().to("cpu", torch.float64).flatten()
+        if weights.shape != (n,) or not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+            raise ValueError(f"geometric_median: weights must be {n} finite non-negative numbers")
+        a = weights.clone()
+    a = a * finite.to("cpu", torch.float64)
+    if float(a.sum()) <= 0:
+        return torch.full((d,), float("nan"), dtype=G.dtype, device=G.device)
+    idx = torch.nonzero(a > 0).flatten()
+    a = a[idx]
+    Kc = K.detach().to("cpu", torch.float64)[idx][:, idx]
+    w = _weiszfeld_gram(Kc, a, eps, max_iter, nu, torch.finfo(G.dtype).eps)
+    w_full = torch.zeros(n, dtype=torch.float64)
+    w_full[idx] = w
+    return P.weighted_rows(G, w_full.to(G.device), finite)
+
+
+def _weiszfeld_gram(K: Tensor, a: Tensor, eps: float, max_iter: int, nu: float, eps_dtype: float) -> Tensor:
+    diag = K.diagonal()
+
+    def dist(w: Tensor) -> tuple[Tensor, Tensor]:
+        Kw = K @ w
+        zz = w @ Kw
+        return (zz - 2.0 * Kw + diag).clamp_min(0.0).sqrt(), zz
+
+    w = a / a.sum()
+    dst, zz = dist(w)
+    obj = float(a @ dst)
+    for _ in range(max_iter):  # iterations on n x n matrices only
+        if nu > 0:
+            beta = a / dst.clamp_min(nu)
+            w_new = beta / beta.sum()
+        else:
+            near = dst.square() <= 16.0 * eps_dtype * (diag + zz).clamp_min(0.0)
+            if bool(near.any()):  # z sits on data point(s): Vardi-Zhang step
+                far = ~near
+                if not bool(far.any()):
+                    break
+                eta = float(a[near].sum())
+                beta = torch.where(far, a / torch.where(far, dst, torch.ones_like(dst)), torch.zeros_like(a))
+                T = beta / beta.sum()
+                diff = T - w
+                r = float(beta.sum()) * math.sqrt(max(float(diff @ (K @ diff)), 0.0))
+                if r <= eta:
+                    break  # the coinciding point is the geometric median
+                w_new = (1.0 - eta / r) * T + (eta / r) * w
+            else:
+                beta = a / dst
+                w_new = beta / beta.sum()
+        dst_new, zz_new = dist(w_new)
+        obj_new = float(a @ dst_new)
+        if nu == 0 and obj_new > obj:
+            break  # Weiszfeld decreases the objective; an increase is rounding: keep the better point
+        done = abs(obj - obj_new) <= eps * obj
+        w, dst, zz, obj = w_new, dst_new, zz_new, obj_new
+        if done:
+            break
+    return w
+
+
+# =====================================================================================================
+# Centered clipping
+# =====================================================================================================
+
+
+def centered_clipping(
+    G: Tensor,
+    center: Tensor | None = None,
+    tau: float = 10.0,
+    iters: int = 3,
+    f: int | None = None,
+) -> Tensor:
+    """Centered clipping (Karimireddy, He, Jaggi, ICML 2021, "Learning from History").
+
+    ``v_0 = center`` (zeros when None; the object passes the previous round's output),
+    ``v_{l+1} = v_l + (1/n) sum_i clip_tau(x_i - v_l)``, ``clip_tau(z) = z min(1, tau/|z|)``,
+    ``iters`` = L steps; returns ``v_L``. Non-finite rows contribute nothing (as if they had sent
+    ``v_l``); the factor stays ``1/n``. ``f`` is optional: when given, checks ``f < n/2`` (the
+    breakdown bound we enforce; the paper proves robustness for a small constant Byzantine
+    fraction and we do not encode its constant).
+
+    Runs in Gram space: ``v_l = v_0 + a_l^T (G - v_0)`` for a coefficient vector ``a_l``, so with
+    ``K = (G - v_0)(G - v_0)^T`` (one GEMM, centred at ``v_0``) every step costs O(n^2):
+    ``|x_i - v_l|^2 = K_ii - 2 (K a)_i + a^T K a`` and ``a_{l+1} = a_l (1 - sum_i c_i / n) + c / n``
+    with ``c_i = min(1, tau / |x_i - v_l|)``. ``d`` is touched by ``K`` and the final
+    ``v_0 (1 - sum a) + a^T G`` only, whatever ``iters``.
+    """
+    n, d = P.check_batch(G, "centered_clipping")
+    if f is not None:
+        P.check_f(f, "centered_clipping")
+        _require("centered_clipping", _req_half(n, f))
+    if not (isinstance(tau, (int, float)) and tau > 0):
+        raise ValueError(f"centered_clipping: tau must be > 0, got {tau!r}")
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
+        raise ValueError(f"centered_clipping: iters must be a non-negative integer, got {iters!r}")
+    if center is None:
+        v0 = torch.zeros(d, dtype=G.dtype, device=G.device)
+    else:
+        if tuple(center.shape) != (d,):
+            raise ValueError(f"centered_clipping: center must have shape ({d},), got {tuple(center.shape)}")
+        v0 = center.detach().to(dtype=G.dtype, device=G.device)
+    if iters == 0:
+        return v0.clone()
+    finite, _ = P.finite_rows(G)
+    K, finite, _ = P.centered_gram(G, finite, v0)
+    finite = finite & torch.isfinite(K.diagonal())
+    K = K.detach().to("cpu", torch.float64)
+    fin = finite.to("cpu", torch.float64)
+    diag = K.diagonal()
+    a = torch.zeros(n, dtype=torch.float64)
+    for _ in range(iters):  # L steps on n x n matrices
+        Ka = K @ a
+        norms = (diag - 2.0 * Ka + a @ Ka).clamp_min(0.0).sqrt()
+        c = torch.clamp(tau / norms, max=1.0) * fin  # |z| = 0: tau/0 = inf -> 1; non-finite rows: 0
+        a = a * (1.0 - float(c.sum()) / n) + c / n
+    return v0 * (1.0 - float(a.sum())) + P.weighted_rows(G, a.to(G.device), finite)
+
+
+# =====================================================================================================
+# NNM: nearest-neighbour mixing (pre-aggregation)
+# =====================================================================================================
+
+
+def nnm_mixing_matrix(G: Tensor, f: int) -> tuple[Tensor, Tensor]:
+    """``(M, finite)``: row i of ``M`` has ``1/(n-f)`` on the n-f nearest rows to ``x_i``, itself
+    first (ties: lowest index). Requires ``f < n/2``."""
+    n, _ = P.check_batch(G, "nnm")
+    P.check_f(f, "nnm")
+    _require("nnm", _req_half(n, f))
+    D, finite = _distances(G)
+    Dx = D.clone()
+    Dx.fill_diagonal_(-1.0)  # self first, even with duplicates at distance 0
+    nbrs = torch.sort(Dx, dim=1, stable=True).indices[:, : n - f]
+    M = torch.zeros(n, n, dtype=G.dtype, device=G.device)
+    M.scatter_(1, nbrs, 1.0 / (n - f))
+    return M, finite
+
+
+def nnm(G: Tensor, f: int) -> Tensor:
+    """Nearest-neighbour mixing (Allouah et al., AISTATS 2023): ``Tensor[n, d]``.
+
+    Row i becomes the mean of its n-f nearest rows (itself included; ties: lowest index), computed
+    as one GEMM ``M @ G``. Requires ``f < n/2``. Non-finite input rows are passed through unchanged
+    (the rule after NNM sees them as non-finite and ignores them); finite rows never mix them in
+    while at most f exist.
+    """
+    M, finite = nnm_mixing_matrix(G, f)
+    Y = P.mix_rows(G, M, finite)
+    if not bool(finite.all()):
+        bad = torch.nonzero(~finite).flatten()
+        Y[bad] = G[bad]
+    return Y
+
+
+# =====================================================================================================
+# registered objects
+# =====================================================================================================
+
+
+def _config_int(value: Any, key: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"aggregator.{key} must be an integer >= {minimum}, got {value!r}")
+
+
+def _config_float(value: Any, key: str, positive: bool) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > 0 if positive else value >= 0)
+    if not ok:
+        raise ConfigError(f"aggregator.{key} must be a {'positive' if positive else 'non-negative'} number, got {value!r}")
+
+
+@AGGREGATORS.register("krum")
+class Krum(Aggregator):
+    """Krum (Blanchard et al. 2017): the row with the lowest sum of squared distances to its n-f-2 nearest."""
+
+    name = "krum"
+
+    def __init__(self, f: int = 0):
+        super().__init__(f)
+
+    def requirement(self, n: int) -> str | None:
+        return _req_krum(n, self.f)
+
+    def aggregate(self, G: Tensor, ctx: AggregationContext) -> Tensor:
+        return krum(G, self.f)
+
+
+@AGGREGATORS.register("multi_krum")
+class MultiKrum(Aggregator):
+    """Multi-Krum: mean of the m rows with the lowest Krum scores (m defaults to n-f)."""
+
+    name = "multi_krum"
+
+    def __init__(self, f: int = 0, m: int | None = None):
+        super().__init__(f)
+        if m is not None:
+            _config_int(m, "m", 1)
+        self.m = m
+
+    def requirement(self, n: int) -> str | None:
+        problem = _req_krum(n, self.f)
+        if problem is None and self.m is not None and self.m > n:
+            problem = f"m <= n (n={n}, m={self.m})"
+        return problem
+
+    def aggregate(self, G: Tensor, ctx: AggregationContext) -> Tensor:
+        return multi_krum(G, self.f, self.m)
+
+    def __repr__(self) -> str:
+        return f"MultiKrum(f={self.f}, m={self.m})"
+
+
+@AGGREGATORS.register("bulyan")
+class Bulyan(Aggregator):
+    """Bulyan over Krum (El Mhamdi et al. 2018): n-2f Krum picks, then a coordinate-wise trimmed mean around the median."""
+
+    name = "bulyan"
+
+    def __init__(self, f: int = 0):
+        super().__init__(f)
+
+    def requirement(self, n: int) -> str | None:
+        return _req_bulyan(n, self.f)
+
+    def aggregate(self, G: Tensor, ctx: AggregationContext) -> Tensor:
+        return bulyan(G, self.f)
+
+
+@AGGREGATORS.register("mda")
+class MDA(Aggregator):
+    """Minimum-diameter averaging: exact mean of the (n-f)-subset of smallest diameter."""
+
+    name = "mda"
+
+    def __init__(self, f: int = 0):
+        super().__init__(f)
+
+    def requirement(self, n: int) -> str | None:
+        return _req_mda(n, self.f)
+
+    def aggregate(self, G: Tensor, ctx: AggregationContext) -> Tensor:
+        return mda(G, self.f)
+
+
+@AGGREGATORS.register("geometric_median")
+class GeometricMedian(Aggregator):
+    """Geometric median by (smoothed, nu > 0) Weiszfeld iterations in Gram space; robust for f < n/2.
+
+    Per-row weights (e.g. sample counts, as in RFA) may be passed per round in
+    ``ctx.extras["weights"]`` (``Tensor[n]``, non-negative); default: equal weights.
+    """
+
+    name = "geometric_median"
+
+    def __init__(self, f: int = 0, eps: float = 1e-6, max_iter: int = 100, nu: float = 0.0):
+        super().__init__(f)
+        _config_float(eps, "eps", positive=False)
+        _config_int(max_iter, "max_iter", 0)
+        _config_float(nu, "nu", positive=False)
+        self.eps, self.max_iter, self.nu = float(eps), max_iter, float(nu)
+
+    def requirement(self, n: int) -> str | None:
+        return _req_half(n, self.f)
+
+    def aggregate(self, G: Tensor, ctx: AggregationContext) -> Tensor:
+        weights = ctx.extras.get("weights") if ctx is not None else None
+        return geometric_median(G, self.eps, self.max_iter, self.nu, weights=weights)
+
+    def __repr__(self) -> str:
+        return f"GeometricMedian(f={self.f}, eps={self.eps}, max_iter={self.max_iter}, nu={self.nu})"
+
+
+@AGGREGATORS.register("centered_clipping")
+class CenteredClipping(Aggregator):
+    """Centered clipping (Karimireddy et al. 2021): iters clipped steps from the previous round's output."""
+
+    name = "centered_clipping"
+
+    def __init__(self, f: int = 0, tau: float = 10.0, iters: int = 3):
+        super().__init__(f)
+        _config_float(tau, "tau", positive=True)
+        _config_int(iters, "iters", 0)
+        self.tau, self.iters = float(tau), iters
+        self.center: Tensor | None = None
+
+    def requirement(self, n: int) -> str | None:
+        # The paper proves robustness for a small constant Byzantine fraction; we enforce the
+        # breakdown bound f < n/2 (more Byzantine than honest rows can move the output at will).
+        return _req_half(n, self.f)
+
+    def aggregate(self, G: Tensor, ctx: AggregationContext) -> Tensor:
+        center = self.center
+        if center is not None and center.shape != (G.shape[1],):
+            raise ValueError(
+                f"centered_clipping: the stored center has {center.shape[0]} coordinates but the batch has "
+                f"{G.shape[1]}; call reset() when the model changes"
+            )
+        out = centered_clipping(G, center, self.tau, self.iters)
+        self.center = out.detach().clone()
+        return out
+
+    def reset(self) -> None:
+        self.center = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"center": None if self.center is None else self.center.detach().clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        c = state.get("center")
+        self.center = None if c is None else torch.as_tensor(c).detach().clone()
+
+    def __repr__(self) -> str:
+        return f"CenteredClipping(f={self.f}, tau={self.tau}, iters={self.iters})"
+
+
+@PREAGGREGATORS.register("nnm")
+class NNM(PreAggregator):
+    """Nearest-neighbour mixing (Allouah et al. 2023): each row becomes the mean of its n-f nearest rows."""
+
+    name = "nnm"
+
+    def __init__(self, f: int = 0):
+        if isinstance(f, bool) or not isinstance(f, int) or f < 0:
+            raise ConfigError(f"nnm.f must be a non-negative integer, got {f!r}")
+        super().__init__(f)
+
+    def output_count(self, n: int) -> int:
+        return n
+
+    def requirement(self, n: int) -> str | None:
+        return _req_half(n, self.f)
+
+    def __call__(self, G: Tensor, ctx: AggregationContext | None = None) -> Tensor:
+        return nnm(G, self.f)
