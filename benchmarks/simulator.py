@@ -1,7 +1,8 @@
 """Simulator speed: rounds per second of the batched engine against a Python loop over workers.
 
-Both engines run the same configuration in the same process: the batched one computes all workers'
-gradients with one ``vmap(grad)`` pass; the loop computes the same gradients worker by worker with
+All engines run the same configuration in the same process: the batched one computes all workers'
+gradients with one ``vmap(grad)`` pass (eagerly, and with ``train.compile = true``, compiled by
+``torch.compile``); the loop computes the same gradients worker by worker with
 ``torch.autograd.grad`` (what a straightforward implementation does). Everything else in the round
 (sampling, attack, aggregation, optimiser) is shared. Measurements alternate between the two engines
 and the median of several repeats is reported, as a ratio, because the machine is shared and noisy.
@@ -29,12 +30,12 @@ from byzlearn.engine import Simulator
 class LoopSimulator(Simulator):
     """The same simulator with per-worker gradients computed one worker at a time."""
 
-    def worker_gradients(self, workers, idx, poison=None):
+    def worker_gradients(self, idx, poison=None):
         params = list(self.model.module.parameters())
         grads, losses = [], []
         with torch.no_grad():
-            for p, v in zip(params, self.model.unflatten(self.theta)):
-                p.copy_(self.model.unflatten(self.theta)[v] if isinstance(v, str) else v)
+            for p, v in zip(params, self.model.unflatten(self.theta).values()):
+                p.copy_(v)
         for row in idx.to(self.device):
             x, y = self.x_train[row], self.y_train[row]
             loss = F.cross_entropy(self.model.module(x), y)
@@ -64,21 +65,24 @@ def main() -> None:
     ds = load_dataset("mnist", args.data_dir, download=False)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, threads {torch.get_num_threads()}, device {args.device}")
     print(f"MNIST, mlp20 (784-20-10 sigmoid), batch 32 per worker, mean rule, {args.rounds} rounds x {args.repeats} repeats\n")
-    print("| workers | batched rounds/s | loop rounds/s | speed-up (batched / loop) |")
-    print("|---:|---:|---:|---:|")
+    print("| workers | loop rounds/s | batched rounds/s | batched + compile rounds/s | batched / loop | batched + compile / loop |")
+    print("|---:|---:|---:|---:|---:|---:|")
     for n in args.workers:
-        cfg = C.load(None, [f"data.name=mnist", f"workers.n={n}", "workers.batch_size=32", f"train.device={args.device}"])
-        fast, slow = Simulator(cfg, dataset=ds), LoopSimulator(cfg, dataset=ds)
-        g_fast, _ = fast.gradient_batch()
-        g_slow, _ = slow.gradient_batch()
-        assert torch.allclose(g_fast, g_slow, atol=1e-6), "the two engines must compute the same gradients"
-        rounds_per_second(fast, 5), rounds_per_second(slow, 5)  # warm-up
-        a, b = [], []
+        base = ["data.name=mnist", f"workers.n={n}", "workers.batch_size=32", f"train.device={args.device}"]
+        cfg, cfg_c = C.load(None, base), C.load(None, base + ["train.compile=true"])
+        loop, fast, comp = LoopSimulator(cfg, dataset=ds), Simulator(cfg, dataset=ds), Simulator(cfg_c, dataset=ds)
+        g_loop, _ = loop.gradient_batch()
+        for sim in (fast, comp):
+            g, _ = sim.gradient_batch()
+            assert torch.allclose(g, g_loop, atol=1e-6), "the engines must compute the same gradients"
+        for sim in (loop, fast, comp):
+            rounds_per_second(sim, 5)  # warm-up (and compilation)
+        res: dict[str, list[float]] = {"loop": [], "fast": [], "comp": []}
         for _ in range(args.repeats):
-            a.append(rounds_per_second(fast, args.rounds))
-            b.append(rounds_per_second(slow, args.rounds))
-        ra, rb = statistics.median(a), statistics.median(b)
-        print(f"| {n} | {ra:.1f} | {rb:.1f} | {ra / rb:.1f}x |")
+            for key, sim in (("loop", loop), ("fast", fast), ("comp", comp)):
+                res[key].append(rounds_per_second(sim, args.rounds))
+        rl, rf, rc = (statistics.median(res[k]) for k in ("loop", "fast", "comp"))
+        print(f"| {n} | {rl:.1f} | {rf:.1f} | {rc:.1f} | {rf / rl:.1f}x | {rc / rl:.1f}x |")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ def make(overrides, dataset):
 def test_batched_gradients_equal_per_worker_autograd(digits, model):
     sim = make([f"model.name={model}", "workers.n=5", "workers.batch_size=8"], digits)
     idx = sim.sampler.sample(sim.gens["sample"])
-    grads, losses = sim.worker_gradients(torch.arange(5), idx)
+    grads, losses = sim.worker_gradients(idx)
     assert grads.shape == (5, sim.d) and losses.shape == (5,)
     module = sim.model.module
     with torch.no_grad():
@@ -32,26 +32,46 @@ def test_batched_gradients_equal_per_worker_autograd(digits, model):
         torch.testing.assert_close(losses[w], loss.detach())
 
 
-def test_sampler_draws_distinct_indices_of_own_shard():
+def _sampler():
     shards = [torch.arange(0, 50), torch.arange(50, 60), torch.arange(60, 63)]
     index = torch.zeros(3, 50, dtype=torch.long)
-    sizes = torch.tensor([50, 10, 3])
     for i, s in enumerate(shards):
         index[i, : len(s)] = s
-    sampler = ShardSampler(index, sizes, batch_size=8)
+    return shards, ShardSampler(index, torch.tensor([50, 10, 3]), batch_size=8)
+
+
+def test_sampler_walks_epochs_of_own_shard():
+    shards, sampler = _sampler()
     g = torch.Generator().manual_seed(0)
-    seen0 = set()
-    for _ in range(50):
-        idx = sampler.sample(g)
+    batches = [sampler.sample(g) for _ in range(12)]
+    for idx in batches:
         assert idx.shape == (3, 8)
         for i, s in enumerate(shards):
             assert set(idx[i].tolist()) <= set(s.tolist())
-        assert len(set(idx[0].tolist())) == 8 and len(set(idx[1].tolist())) == 8  # without replacement
-        seen0 |= set(idx[0].tolist())
-    assert len(seen0) == 50  # every sample of a shard gets drawn
-    a = sampler.sample(torch.Generator().manual_seed(3))
-    b = sampler.sample(torch.Generator().manual_seed(3))
-    assert torch.equal(a, b)
+    # worker 0: 6 batches of 8 per epoch of 50 (drop-last), no sample twice within an epoch
+    for epoch in (batches[:6], batches[6:12]):
+        seen = torch.cat([b[0] for b in epoch])
+        assert len(set(seen.tolist())) == 48
+    assert not torch.equal(torch.cat([b[0] for b in batches[:6]]), torch.cat([b[0] for b in batches[6:12]]))
+    # worker 1 (10 samples): one batch per epoch, 8 distinct samples
+    assert all(len(set(b[1].tolist())) == 8 for b in batches)
+    # worker 2 (3 samples < batch): with replacement, every sample drawn
+    assert set(torch.cat([b[2] for b in batches]).tolist()) == {60, 61, 62}
+
+
+def test_sampler_is_deterministic_and_resumable():
+    _, a = _sampler()
+    _, b = _sampler()
+    ga, gb = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    for _ in range(4):
+        assert torch.equal(a.sample(ga), b.sample(gb))
+    state, gstate = a.state_dict(), ga.get_state()
+    ahead = [a.sample(ga) for _ in range(5)]
+    _, c = _sampler()
+    c.load_state_dict(state)
+    gc = torch.Generator()
+    gc.set_state(gstate)
+    assert all(torch.equal(x, c.sample(gc)) for x in ahead)
 
 
 class Recording(Attack):
@@ -123,11 +143,10 @@ def test_mean_with_no_attack_is_minibatch_sgd(digits):
     """One round of mean + SGD equals theta - lr * mean of the workers' gradients."""
     sim = make(["workers.n=4", "optimizer.lr=0.3"], digits)
     theta0 = sim.theta.clone()
-    state = {k: g.get_state() for k, g in sim.gens.items()}
+    state = sim.state_dict()
     idx = sim.sampler.sample(sim.gens["sample"])
-    grads, _ = sim.worker_gradients(torch.arange(4), idx)
-    for k, g in sim.gens.items():
-        g.set_state(state[k])
+    grads, _ = sim.worker_gradients(idx)
+    sim.load_state_dict(state)
     sim.step()
     torch.testing.assert_close(sim.theta, theta0 - 0.3 * grads.mean(0))
 
@@ -157,3 +176,14 @@ def test_mnist_mlp_reaches_90_percent(mnist):
     for _ in range(500):
         sim.step()
     assert sim.evaluate()[1] >= 0.90
+
+
+def test_compiled_gradients_match_eager(digits):
+    """train.compile = true (torch.compile of the batched pass) computes the same gradients."""
+    eager = make(["workers.n=4", "workers.batch_size=8"], digits)
+    compiled = make(["workers.n=4", "workers.batch_size=8", "train.compile=true"], digits)
+    for _ in range(2):
+        g1, l1 = eager.gradient_batch()
+        g2, l2 = compiled.gradient_batch()
+        torch.testing.assert_close(g1, g2, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(l1, l2, atol=1e-6, rtol=1e-5)

@@ -153,3 +153,31 @@ def test_arc_non_finite_and_requirements():
     agg = build_aggregator({"name": "mean", "pre": ["arc"]}, f_default=2)
     assert isinstance(agg.pre[0], ARC) and agg.pre[0].f == 2
     assert torch.isfinite(agg(G)).all()
+
+
+# ---------------------------------------------------------------- batches the caller hands over
+@pytest.mark.parametrize("pre", [{"name": "clipping", "c": 1.5}, {"name": "arc"}])
+def test_inplace_clipping_equals_copying_clipping_and_respects_ownership(pre):
+    g = torch.Generator().manual_seed(5)
+    G = torch.randn(9, 50, generator=g) * torch.linspace(0.1, 3.0, 9).unsqueeze(1)
+    G[4] = float("nan")
+    agg = build_aggregator({"name": "mean", "pre": [pre]}, f_default=2)
+    original = G.clone()
+    kept = agg(G, AggregationContext())  # default: the caller keeps its batch
+    assert torch.equal(G.nan_to_num(7.0), original.nan_to_num(7.0))
+    given = G.clone()
+    handed = agg(given, AggregationContext(owns_batch=True))  # the engine hands the batch over
+    assert torch.equal(kept, handed) and torch.isfinite(handed).all()
+    assert not torch.equal(given.nan_to_num(7.0), original.nan_to_num(7.0))  # it was overwritten
+
+
+def test_bucketing_nan_row_poisons_only_its_bucket():
+    G = torch.arange(24, dtype=torch.float32).view(8, 3)
+    G[5] = float("nan")
+    out = F.bucketing(G, 2, torch.Generator().manual_seed(0))
+    bad = ~torch.isfinite(out).all(dim=1)
+    assert out.shape == (4, 3) and int(bad.sum()) == 1
+    finite_means = out[~bad]
+    # the finite bucket means are means of two of the finite rows each
+    pairs = {tuple(((G[i] + G[j]) / 2).tolist()) for i in range(8) for j in range(8) if i < j and 5 not in (i, j)}
+    assert all(tuple(r.tolist()) in pairs for r in finite_means)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -75,7 +76,7 @@ def _cmd_matrix(args: argparse.Namespace) -> int:
         overrides.append(f"data.data_dir={json.dumps(args.data_dir)}")
     raw = load_matrix_config(args.config, overrides)
     out = Path(args.out) if args.out else Path("runs") / f"matrix-{Path(args.config).stem if args.config else 'default'}"
-    rows = run_matrix(raw, out, jobs=args.jobs, progress=False if args.quiet else None)
+    rows = run_matrix(raw, out, jobs=args.jobs, progress=False if args.quiet else None, command=args.command_line)
     print((out / "table.md").read_text())
     print(f"{len(rows)} cells; results: {out / 'results.md'}, {out / 'results.csv'}, {out / 'results.json'}, {out / 'heatmap.png'}")
     return 0
@@ -122,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.command_line = "byzlearn " + " ".join(shlex.quote(a) for a in argv)
     try:
         return args.func(args)
     except ConfigError as e:

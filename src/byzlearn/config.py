@@ -56,6 +56,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     eval_batch_size: int = 10000
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    compile: bool = False  # torch.compile the batched gradient pass
 
 
 FIXED_SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "workers": WorkersConfig, "train": TrainConfig}

@@ -84,6 +84,38 @@ def centered_gram(G: Tensor, finite: Tensor | None = None, center: Tensor | None
     return K, finite, center
 
 
+# Centre only when the rows share a dominant common component: when the median squared distance
+# between finite rows is below this fraction of the largest squared norm.
+_CENTRE_BELOW = 0.05
+
+
+def distance_gram(G: Tensor) -> tuple[Tensor, Tensor]:
+    """``(K, finite)``: a Gram matrix good for pairwise distances, in one pass over ``G`` when possible.
+
+    First the raw ``G @ G.T`` (one GEMM; entries between finite rows are exact dot products whatever
+    the other rows hold, and a row with NaN/Inf or an overflowing norm shows as a non-finite
+    diagonal entry). If the rows share a dominant common component (median squared distance below
+    ``_CENTRE_BELOW`` times the largest squared norm), where ``|x_i|^2 + |x_j|^2 - 2<x_i, x_j>``
+    would cancel, it is recomputed on centred rows (:func:`centered_gram`). Either way the result
+    is the Gram matrix of the rows up to a translation, so distances from it are the same.
+    """
+    K = G @ G.T
+    K = 0.5 * (K + K.T)
+    finite = torch.isfinite(K.diagonal())
+    if not bool(finite.all()):
+        K = torch.where(finite[:, None] & finite[None, :], K, torch.zeros((), dtype=K.dtype, device=K.device))
+    m = int(finite.sum())
+    if m >= 2:
+        idx = torch.nonzero(finite).flatten()
+        Kf = K[idx][:, idx]
+        diag = Kf.diagonal()
+        D = diag[:, None] + diag[None, :] - 2.0 * Kf
+        off = D[torch.triu_indices(m, m, 1, device=D.device).unbind()]
+        if bool(off.median() < _CENTRE_BELOW * diag.max()):
+            K, finite, _ = centered_gram(G, finite)
+    return K, finite
+
+
 def sq_distances_from_gram(K: Tensor, finite: Tensor) -> tuple[Tensor, Tensor]:
     """``(D, finite)``: squared distances from a (centred) Gram matrix, clamped at 0, zero diagonal,
     +inf to and from non-finite rows. Rows whose centred squared norm overflows join the non-finite ones."""

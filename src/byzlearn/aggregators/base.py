@@ -11,6 +11,7 @@ checkpoint saves it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -26,7 +27,9 @@ class AggregationContext:
 
     ``public_loss(P)`` evaluates the loss on the server's small public batch for each row of a
     parameter batch ``P: Tensor[k, d]`` and returns ``Tensor[k]`` (Zeno, ARNN). ``params`` is the
-    current model ``Tensor[d]`` and ``lr`` the server's learning rate.
+    current model ``Tensor[d]`` and ``lr`` the server's learning rate. ``owns_batch``: the caller
+    will not read ``G`` again, so a pre-aggregator may overwrite it instead of allocating a new
+    ``Tensor[n, d]`` (the engine sets it; at d = 1e6 a fresh allocation costs more than the maths).
     """
 
     round: int = 0
@@ -34,6 +37,7 @@ class AggregationContext:
     lr: float | None = None
     public_loss: Callable[[Tensor], Tensor] | None = None
     generator: torch.Generator | None = None
+    owns_batch: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -143,8 +147,11 @@ class Chain(Aggregator):
         return self.rule.requirement(n)
 
     def aggregate(self, G: Tensor, ctx: AggregationContext) -> Tensor:
+        owned = ctx.owns_batch
         for p in self.pre:
-            G = p(G, ctx)
+            out = p(G, ctx if owned == ctx.owns_batch else dataclasses.replace(ctx, owns_batch=owned))
+            owned = owned or out is not G  # an intermediate batch belongs to the chain
+            G = out
         return self.rule.aggregate(G, ctx)
 
     def state_dict(self) -> dict[str, Any]:

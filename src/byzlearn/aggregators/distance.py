@@ -33,6 +33,7 @@ from torch import Tensor
 
 from ..registry import ConfigError
 from . import _pairwise as P
+from ._finite import sort_workers
 from .base import AGGREGATORS, PREAGGREGATORS, AggregationContext, Aggregator, PreAggregator
 
 __all__ = [
@@ -84,7 +85,7 @@ def _require(who: str, problem: str | None) -> None:
 
 
 def _distances(G: Tensor) -> tuple[Tensor, Tensor]:
-    K, finite, _ = P.centered_gram(G)
+    K, finite = P.distance_gram(G)
     return P.sq_distances_from_gram(K, finite)
 
 
@@ -221,7 +222,7 @@ def bulyan(G: Tensor, f: int) -> Tensor:
     theta, beta = n - 2 * f, n - 4 * f
     D, finite = _distances(G)
     picks = _bulyan_picks(D, finite, f, theta)
-    s = torch.sort(G[picks], dim=0).values  # theta x d, sorted along the worker axis
+    s = sort_workers(G[picks])  # theta x d, sorted along the worker axis
     h = theta // 2
     m2 = 2.0 * s[h] if theta % 2 == 1 else s[h - 1] + s[h]
     start = (s[: theta - beta] + s[beta:] < m2).sum(dim=0)  # monotone in j: a prefix
@@ -353,8 +354,7 @@ def geometric_median(
         raise ValueError(f"geometric_median: max_iter must be a non-negative integer, got {max_iter!r}")
     if not (isinstance(nu, (int, float)) and nu >= 0):
         raise ValueError(f"geometric_median: nu must be >= 0, got {nu!r}")
-    K, finite, _ = P.centered_gram(G)
-    finite = finite & torch.isfinite(K.diagonal())
+    K, finite = P.distance_gram(G)
     a = torch.ones(n, dtype=torch.float64)
     if weights is not None:
         weights = torch.as_tensor(weights).detach().to("cpu", torch.float64).flatten()

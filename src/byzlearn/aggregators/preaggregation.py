@@ -40,39 +40,53 @@ def bucketing(G: Tensor, s: int, generator: torch.Generator | None = None) -> Te
     n, d = G.shape
     gen_device = generator.device if generator is not None else torch.device("cpu")
     perm = torch.randperm(n, generator=generator, device=gen_device).to(G.device)
-    P = G.index_select(0, perm)
-    full, rest = divmod(n, s)
-    parts = []
-    if full:
-        parts.append(P[: full * s].view(full, s, d).mean(dim=1))
-    if rest:
-        parts.append(P[full * s :].mean(dim=0, keepdim=True))
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
-
-
-def _clip_to(G: Tensor, norms: Tensor, threshold: Tensor | float) -> Tensor:
-    """Rescale rows with norm above ``threshold`` to norm ``threshold``; non-finite rows -> zero rows."""
-    threshold = torch.as_tensor(threshold, dtype=norms.dtype, device=norms.device)
-    # norms > threshold is False for norm 0 and for NaN; inf norms (non-finite rows) are zeroed below.
-    scale = torch.where(norms > threshold, threshold / norms, torch.ones_like(norms))
-    out = G * scale.unsqueeze(1)
-    nonfinite = torch.isinf(norms)
-    if bool(nonfinite.any()):
+    # bucket means as one product B @ G (B: m x n averaging matrix), no permuted copy of G
+    bucket = torch.empty(n, dtype=torch.long, device=G.device)
+    bucket[perm] = torch.arange(n, device=G.device) // s
+    m = -(-n // s)
+    size = torch.bincount(bucket, minlength=m).to(G.dtype)
+    B = torch.zeros(m, n, dtype=G.dtype, device=G.device)
+    B[bucket, torch.arange(n, device=G.device)] = 1.0 / size[bucket]
+    out = B @ G
+    if not bool(torch.isfinite(out).all()):  # 0 * NaN spreads a bad row to every bucket: redo without them
         finite = finite_rows(G)
-        out = torch.where(finite.unsqueeze(1), out, torch.zeros((), dtype=G.dtype, device=G.device))
+        out = B[:, finite] @ G[finite]
+        for b in torch.unique(bucket[~finite]).tolist():  # the few buckets holding a bad row (at most f)
+            out[b] = G[bucket == b].mean(dim=0)
     return out
 
 
-def static_clip(G: Tensor, c: float = 2.0) -> Tensor:
+def _clip_to(G: Tensor, norms: Tensor, threshold: Tensor | float, inplace: bool = False) -> Tensor:
+    """Rescale rows with norm above ``threshold`` to norm ``threshold``; non-finite rows -> zero rows.
+
+    ``inplace``: overwrite ``G`` (only the rows that change) instead of allocating the result.
+    """
+    threshold = torch.as_tensor(threshold, dtype=norms.dtype, device=norms.device)
+    # norms > threshold is False for norm 0 and for NaN; inf norms (non-finite rows) are zeroed below.
+    scale = torch.where(norms > threshold, threshold / norms, torch.ones_like(norms))
+    scale = torch.where(torch.isinf(norms), torch.zeros_like(scale), scale)
+    if not inplace:
+        out = G * scale.unsqueeze(1)
+        if bool(torch.isinf(norms).any()):  # 0 * NaN = NaN: set those rows to zero explicitly
+            out[torch.isinf(norms)] = 0.0
+        return out
+    G.mul_(scale.unsqueeze(1))  # x * 1.0 == x exactly: unclipped rows stay bit for bit
+    if bool(torch.isinf(norms).any()):
+        G[torch.isinf(norms)] = 0.0
+    return G
+
+
+def static_clip(G: Tensor, c: float = 2.0, inplace: bool = False) -> Tensor:
     """Static norm clipping: ``x_i * min(1, c / ||x_i||_2)`` for every row (ByzFL ``Clipping``, c = 2.0).
 
     Rows with norm <= ``c`` are returned unchanged (bit for bit); a row containing a NaN or ±inf
-    entry becomes a zero row. Norms are overflow-safe (see ``_finite.row_norms``).
+    entry becomes a zero row. Norms are overflow-safe (see ``_finite.row_norms``). ``inplace``
+    overwrites ``G`` and returns it (what the objects do when ``ctx.owns_batch``).
     """
     check_batch(G, "static_clip")
     if not (isinstance(c, (int, float)) and not isinstance(c, bool) and c > 0 and math.isfinite(c)):
         raise ValueError(f"static_clip: the clipping threshold c must be a positive finite number, got {c!r}")
-    return _clip_to(G, row_norms(G), float(c))
+    return _clip_to(G, row_norms(G), float(c), inplace)
 
 
 def arc_clipped_count(n: int, f: int) -> int:
@@ -80,7 +94,7 @@ def arc_clipped_count(n: int, f: int) -> int:
     return (2 * f * (n - f)) // n
 
 
-def arc(G: Tensor, f: int) -> Tensor:
+def arc(G: Tensor, f: int, inplace: bool = False) -> Tensor:
     """Adaptive robust clipping (Allouah et al. 2024, "The vital role of gradient clipping in
     Byzantine-resilient distributed learning"): ``Tensor[n, d] -> Tensor[n, d]``.
 
@@ -99,9 +113,9 @@ def arc(G: Tensor, f: int) -> Tensor:
     k = arc_clipped_count(n, f)
     norms = row_norms(G)
     if k == 0:
-        return _clip_to(G, norms, math.inf)
+        return _clip_to(G, norms, math.inf, inplace)
     threshold = torch.sort(norms).values[n - k - 1]
-    return _clip_to(G, norms, threshold)
+    return _clip_to(G, norms, threshold, inplace)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -149,7 +163,7 @@ class Clipping(PreAggregator):
         self.c = float(c)
 
     def __call__(self, G: Tensor, ctx: AggregationContext) -> Tensor:
-        return static_clip(G, self.c)
+        return static_clip(G, self.c, inplace=ctx is not None and ctx.owns_batch)
 
     def __repr__(self) -> str:
         return f"Clipping(c={self.c})"
@@ -170,4 +184,4 @@ class ARC(PreAggregator):
         return None if 2 * self.f < n else "n > 2f (f < n/2)"
 
     def __call__(self, G: Tensor, ctx: AggregationContext) -> Tensor:
-        return arc(G, self.f)
+        return arc(G, self.f, inplace=ctx is not None and ctx.owns_batch)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 
 class ShardSampler:
-    """Draws, for each of n workers, ``batch_size`` distinct indices of its shard (with replacement
-    only for a shard smaller than the batch). One ``rand`` and one ``topk`` for all workers: the
-    ``batch_size`` smallest of i.i.d. uniform keys are a uniform random subset.
+    """Epochs over each worker's shard, for all workers at once.
+
+    Each worker walks through a random permutation of its shard ``batch_size`` samples at a time
+    and reshuffles when fewer than ``batch_size`` unseen samples remain (an epoch with drop-last,
+    as a ``DataLoader(shuffle=True, drop_last=True)`` per worker would do). A shard smaller than
+    one batch is sampled with replacement. Per round this costs one ``gather``; a reshuffle (one
+    ``rand`` + ``argsort`` over the workers whose epoch ended) happens once per epoch.
     """
 
     def __init__(self, shard_index: Tensor, shard_sizes: Tensor, batch_size: int):
@@ -17,20 +23,34 @@ class ShardSampler:
         self.sizes = shard_sizes  # LongTensor[n]
         self.batch_size = batch_size
         n, max_size = shard_index.shape
-        self.k = min(batch_size, max_size)
-        self.pad = torch.arange(max_size).unsqueeze(0) >= shard_sizes.unsqueeze(1)  # BoolTensor[n, max_size]
-        self.small = bool((shard_sizes < batch_size).any())
+        self.pad = torch.arange(max_size).unsqueeze(0) >= shard_sizes.unsqueeze(1)
+        self.small = shard_sizes < batch_size
+        self.any_small = bool(self.small.any())
+        self.steps = torch.arange(batch_size).unsqueeze(0)
+        self.order = torch.zeros(n, max_size, dtype=torch.long)
+        self.cursor = shard_sizes.clone()  # every epoch "ended": the first call shuffles
+
+    def _shuffle(self, rows: Tensor, generator: torch.Generator) -> None:
+        keys = torch.rand(rows.numel(), self.index.shape[1], generator=generator).masked_fill_(self.pad[rows], float("inf"))
+        self.order[rows] = keys.argsort(dim=1)
+        self.cursor[rows] = 0
 
     def sample(self, generator: torch.Generator) -> Tensor:
         """Global sample indices, ``LongTensor[n, batch_size]``."""
-        n = self.index.shape[0]
-        keys = torch.rand(self.index.shape, generator=generator).masked_fill_(self.pad, float("inf"))
-        pos = keys.topk(self.k, dim=1, largest=False).indices
-        if self.k < self.batch_size:
-            pos = torch.cat([pos, torch.zeros(n, self.batch_size - self.k, dtype=torch.long)], dim=1)
-        if self.small:  # positions past a short shard's end: draw uniformly from the shard instead
-            fill = (torch.rand(n, self.batch_size, generator=generator) * self.sizes.unsqueeze(1)).long()
-            invalid = pos >= self.sizes.unsqueeze(1)
-            invalid[:, self.k:] = True
-            pos = torch.where(invalid, fill, pos)
+        ended = (self.cursor + self.batch_size > self.sizes) & ~self.small
+        if bool(ended.any()):
+            self._shuffle(ended.nonzero().squeeze(1), generator)
+        cols = (self.cursor.unsqueeze(1) + self.steps).clamp_max_(self.index.shape[1] - 1)
+        pos = self.order.gather(1, cols)
+        if self.any_small:
+            fill = (torch.rand(pos.shape, generator=generator) * self.sizes.unsqueeze(1)).long()
+            pos = torch.where(self.small.unsqueeze(1), fill, pos)
+        self.cursor += self.batch_size
         return self.index.gather(1, pos)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"order": self.order.clone(), "cursor": self.cursor.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order.copy_(state["order"])
+        self.cursor.copy_(state["cursor"])

@@ -141,7 +141,9 @@ def _run_cell(cell_raw: dict[str, Any], out: str, threads: int) -> dict[str, Any
     return summary
 
 
-def run_matrix(raw: dict[str, Any], out: str | Path, jobs: int = 1, progress: bool | None = None) -> list[dict[str, Any]]:
+def run_matrix(
+    raw: dict[str, Any], out: str | Path, jobs: int = 1, progress: bool | None = None, command: str | None = None,
+) -> list[dict[str, Any]]:
     """Run every cell not finished yet (``jobs`` processes at once) and write the result files."""
     from tqdm import tqdm
 
@@ -174,29 +176,28 @@ def run_matrix(raw: dict[str, Any], out: str | Path, jobs: int = 1, progress: bo
             "final_test_accuracy": s["final_test_accuracy"], "best_test_accuracy": s["best_test_accuracy"],
             "wall_time": s["wall_time"], "rounds": s["rounds"], "run": f"cells/{c.slug}",
         })
-    write_results(rows, out, time.perf_counter() - t0)
+    write_results(rows, out, time.perf_counter() - t0, command)
     return rows
 
 
-def _columns(rows: list[dict[str, Any]]) -> list[str]:
-    cols: list[str] = []
+def _column_labels(rows: list[dict[str, Any]]) -> list[str]:
+    """A column label per row: attack and f, plus heterogeneity and seed when they vary."""
+    hets = len({r["setting"]["heterogeneity"] for r in rows}) > 1
+    seeds = len({r["setting"]["seed"] for r in rows}) > 1
+    labels = []
     for r in rows:
         s = r["setting"]
-        hets = {x["setting"]["heterogeneity"] for x in rows}
-        seeds = {x["setting"]["seed"] for x in rows}
-        c = f"{s['attack']} f={s['byzantine']}" + (f" {s['heterogeneity']}" if len(hets) > 1 else "") + (f" s{s['seed']}" if len(seeds) > 1 else "")
-        r["_col"] = c
-        if c not in cols:
-            cols.append(c)
-    return cols
+        labels.append(f"{s['attack']} f={s['byzantine']}" + (f" {s['heterogeneity']}" if hets else "") + (f" s{s['seed']}" if seeds else ""))
+    return labels
 
 
-def write_results(rows: list[dict[str, Any]], out: Path, wall: float) -> None:
+def write_results(rows: list[dict[str, Any]], out: Path, wall: float, command: str | None = None) -> None:
     """``results.csv``, ``results.json``, ``results.md`` and ``heatmap.png`` of final test accuracy."""
-    cols = _columns(rows)
+    labels = _column_labels(rows)
+    cols = list(dict.fromkeys(labels))
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    grid = {(r["method"], r["_col"]): r for r in rows}
-    clean = [{k: v for k, v in r.items() if k != "_col"} for r in rows]
+    grid = {(r["method"], c): r for r, c in zip(rows, labels)}
+    clean = rows
     (out / "results.json").write_text(json.dumps(clean, indent=1) + "\n")
     with open(out / "results.csv", "w", newline="") as fh:
         keys = sorted({k for r in clean for k in r["setting"]})
@@ -211,9 +212,15 @@ def write_results(rows: list[dict[str, Any]], out: Path, wall: float) -> None:
     table = "\n".join(lines)
     (out / "table.md").write_text(table + "\n")
     _heatmap(methods, cols, grid, out / "heatmap.png")
-    meta = (f"{len(rows)} cells; wall time of this invocation {wall:.1f} s; machine {platform.machine()}, "
-            f"{os.cpu_count()} cores, torch {torch.__version__}")
-    (out / "results.md").write_text(f"# Robustness matrix\n\nFinal test accuracy (%) per rule (rows) and attack / Byzantine count (columns).\n\n{table}\n\n{meta}\n\n![heatmap](heatmap.png)\n")
+    cell_time = sum(r["wall_time"] for r in rows)
+    meta = (f"{len(rows)} cells; wall time of this invocation {wall:.1f} s (cells run now; finished cells are "
+            f"skipped), {cell_time:.0f} s of training summed over all cells; machine {platform.machine()}, "
+            f"{os.cpu_count()} cores, torch {torch.__version__}.")
+    cmd = f"Command: `{command}`\n\n" if command else ""
+    (out / "results.md").write_text(
+        "# Robustness matrix\n\nFinal test accuracy (%) per rule (rows) and attack / Byzantine count (columns); "
+        f"the config is `matrix.toml`, one run folder per cell under `cells/`.\n\n{cmd}{table}\n\n{meta}\n\n![heatmap](heatmap.png)\n"
+    )
 
 
 def _heatmap(methods: list[str], cols: list[str], grid: dict, path: Path) -> None:
