@@ -42,8 +42,17 @@ def check_batch(G: Tensor, rule: str) -> None:
 
 
 def finite_rows(G: Tensor) -> Tensor:
-    """``BoolTensor[n]``: True where every entry of the row is finite (no NaN, no ±inf)."""
-    return torch.isfinite(G).all(dim=1)
+    """``BoolTensor[n]``: True where every entry of the row is finite (no NaN, no ±inf).
+
+    Screened by the row sums (a NaN or ±inf entry always makes the sum non-finite; no n x d mask
+    is allocated); only rows whose sum is not finite (bad entries, or a finite row whose sum
+    overflows) are checked entry by entry.
+    """
+    ok = torch.isfinite(G.sum(dim=1))
+    if not bool(ok.all()):
+        suspects = torch.nonzero(~ok).flatten()
+        ok[suspects] = torch.isfinite(G[suspects]).all(dim=1)
+    return ok
 
 
 def _thread_pool(workers: int) -> ThreadPoolExecutor:

@@ -48,7 +48,7 @@ def bucketing(G: Tensor, s: int, generator: torch.Generator | None = None) -> Te
     B = torch.zeros(m, n, dtype=G.dtype, device=G.device)
     B[bucket, torch.arange(n, device=G.device)] = 1.0 / size[bucket]
     out = B @ G
-    if not bool(torch.isfinite(out).all()):  # 0 * NaN spreads a bad row to every bucket: redo without them
+    if not bool(torch.isfinite(out.sum())):  # 0 * NaN spreads a bad row to every bucket: redo without them
         finite = finite_rows(G)
         out = B[:, finite] @ G[finite]
         for b in torch.unique(bucket[~finite]).tolist():  # the few buckets holding a bad row (at most f)
