@@ -1,4 +1,4 @@
-"""Command line: ``byzlearn run | matrix | list | demo`` (also ``python -m byzlearn``)."""
+"""Command line: ``byzlearn run | matrix | reproduce | list | demo`` (also ``python -m byzlearn``)."""
 
 from __future__ import annotations
 
@@ -82,6 +82,19 @@ def _cmd_matrix(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from .experiments import reproduce
+
+    if args.name is None:
+        reproduce.load_all()
+        for e in reproduce.REPRODUCTIONS.entries():
+            print(f"  {e.name:<24} {e.summary}")
+        return 0
+    out = reproduce.run(args.name, Path(args.out) if args.out else None, quick=args.quick, data_dir=args.data_dir)
+    print(f"results: {out / 'results.md'}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .experiments.demo import main as demo
 
@@ -114,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--jobs", type=int, default=1, help="cells run in parallel processes (each single-threaded)")
     m.add_argument("--quiet", action="store_true", help="no progress bar")
     m.set_defaults(func=_cmd_matrix)
+
+    rp = sub.add_parser("reproduce", help="reproduce a source paper's experiment (no NAME: list them)")
+    rp.add_argument("name", nargs="?", help="reproduction name")
+    rp.add_argument("--out", help="output folder (default: docs/reproductions/NAME)")
+    rp.add_argument("--data-dir", help="where the data set's files are (also: BYZLEARN_DATA)")
+    rp.add_argument("--quick", action="store_true", help="a reduced version for smoke checks")
+    rp.set_defaults(func=_cmd_reproduce)
 
     d = sub.add_parser("demo", help="the main job: a short robustness comparison on the embedded digits data set")
     d.add_argument("--out", help="folder for the runs, table and plot (default: runs/demo)")

@@ -1,0 +1,57 @@
+"""Reproductions of the source papers' experiments: ``byzlearn reproduce NAME``.
+
+A reproduction is a function ``(out: Path, quick: bool, data_dir: str | None) -> None`` registered
+in ``REPRODUCTIONS`` from a module ``byzlearn/experiments/repro_*.py`` (found automatically). It
+writes to ``out`` (default ``docs/reproductions/NAME``): ``results.md`` (table, command, machine,
+wall time, comparison with the paper), ``results.json`` (a list of rows, each with ``method``,
+``setting`` (a dict), ``final_test_accuracy``, ``best_test_accuracy`` and time figures where
+relevant) and PNG figures. ``quick`` runs a reduced version (for smoke tests), never committed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import pkgutil
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..registry import Registry
+
+REPRODUCTIONS: Registry[None] = Registry("reproduction")
+
+
+def load_all() -> None:
+    """Import every ``repro_*`` module of this package so that their reproductions register."""
+    from .. import experiments
+
+    for mod in pkgutil.iter_modules(experiments.__path__):
+        if mod.name.startswith("repro_"):
+            importlib.import_module(f"{experiments.__name__}.{mod.name}")
+
+
+def machine() -> str:
+    dev = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads{dev}"
+
+
+def write_json(rows: list[dict[str, Any]], out: Path) -> None:
+    """``results.json``: one row per method and setting (checked for the required keys)."""
+    for r in rows:
+        missing = {"method", "setting", "final_test_accuracy", "best_test_accuracy"} - set(r)
+        if missing:
+            raise ValueError(f"results.json row {r!r} lacks {sorted(missing)}")
+    (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def run(name: str, out: Path | None = None, quick: bool = False, data_dir: str | None = None) -> Path:
+    load_all()
+    fn: Callable[..., None] = REPRODUCTIONS.get(name)
+    out = out or Path("docs") / "reproductions" / name
+    out.mkdir(parents=True, exist_ok=True)
+    fn(out=out, quick=quick, data_dir=data_dir)
+    return out
