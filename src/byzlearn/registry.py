@@ -20,6 +20,19 @@ class ConfigError(ValueError):
     """A configuration problem, raised before any training starts. The message names the key and the fix."""
 
 
+class Component:
+    """Base of the configurable pieces a checkpoint saves (rules, pre-aggregators, attacks).
+
+    Stateless by default; a stateful piece overrides both methods (tensors or plain values).
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
 @dataclass(frozen=True)
 class Entry(Generic[T]):
     name: str

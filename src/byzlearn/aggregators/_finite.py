@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["finite_rows", "sort_workers", "row_norms", "check_batch"]
+__all__ = ["finite_rows", "sort_workers", "row_norms", "check_batch", "check_f"]
 
 _NUMPY_SORT_DTYPES = (torch.float32, torch.float64, torch.float16)
 _PARALLEL_MIN_COLUMNS = 1 << 16
@@ -30,8 +30,8 @@ _pool_key: tuple[int, int] | None = None
 _pool_lock = threading.Lock()
 
 
-def check_batch(G: Tensor, rule: str) -> None:
-    """ValueError unless ``G`` is a non-empty floating-point ``Tensor[n, d]``."""
+def check_batch(G: Tensor, rule: str) -> tuple[int, int]:
+    """``(n, d)``; ValueError unless ``G`` is a non-empty floating-point ``Tensor[n, d]``."""
     if not isinstance(G, Tensor) or G.dim() != 2:
         shape = tuple(G.shape) if isinstance(G, Tensor) else type(G).__name__
         raise ValueError(f"{rule}: expected a gradient batch Tensor[n, d], got {shape}")
@@ -39,6 +39,13 @@ def check_batch(G: Tensor, rule: str) -> None:
         raise ValueError(f"{rule}: the gradient batch is empty (n = 0)")
     if not G.is_floating_point():
         raise ValueError(f"{rule}: expected a floating-point tensor, got dtype {G.dtype}")
+    return G.shape[0], G.shape[1]
+
+
+def check_f(f: int, rule: str) -> None:
+    """ValueError unless ``f`` is a non-negative integer."""
+    if isinstance(f, bool) or not isinstance(f, int) or f < 0:
+        raise ValueError(f"{rule}: f must be a non-negative integer, got {f!r}")
 
 
 def finite_rows(G: Tensor) -> Tensor:

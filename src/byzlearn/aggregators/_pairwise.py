@@ -19,28 +19,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._finite import check_batch, check_f  # noqa: F401  (re-exported for the distance rules)
+
 # Number of matrix elements per column chunk of the centred Gram (keeps the chunk cache-resident).
 _CHUNK_ELEMS = 1 << 21
 
 
-def check_batch(G: Tensor, who: str) -> tuple[int, int]:
-    if not isinstance(G, Tensor) or G.dim() != 2:
-        shape = tuple(G.shape) if isinstance(G, Tensor) else type(G).__name__
-        raise ValueError(f"{who}: expected a gradient batch Tensor[n, d], got {shape}")
-    if not G.is_floating_point():
-        raise ValueError(f"{who}: expected a floating-point batch (float32/float64), got {G.dtype}")
-    n, d = G.shape
-    if n == 0:
-        raise ValueError(f"{who}: the batch has no rows")
-    return n, d
-
-
-def check_f(f: int, who: str) -> None:
-    if isinstance(f, bool) or not isinstance(f, int) or f < 0:
-        raise ValueError(f"{who}: f must be a non-negative integer, got {f!r}")
-
-
-def finite_rows(G: Tensor) -> tuple[Tensor, Tensor]:
+def finite_norms(G: Tensor) -> tuple[Tensor, Tensor]:
     """``(finite, norms)``: rows whose Euclidean norm is finite (no NaN/Inf and no overflow) and the norms.
 
     A row whose squared norm overflows is treated like a non-finite one (its Gram entries would be
@@ -68,7 +53,7 @@ def centered_gram(G: Tensor, finite: Tensor | None = None, center: Tensor | None
     """
     n, d = G.shape
     if finite is None or center is None:
-        fin, norms = finite_rows(G)
+        fin, norms = finite_norms(G)
         finite = fin if finite is None else finite
         if center is None:
             center = robust_center(G, finite, norms)

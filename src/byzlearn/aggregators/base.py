@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from ..registry import ConfigError, Registry
+from ..registry import Component, ConfigError, Registry
 
 
 @dataclass
@@ -41,7 +41,7 @@ class AggregationContext:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-class Aggregator:
+class Aggregator(Component):
     """Base class. Subclasses implement ``aggregate`` and, if they need it, ``requirement``."""
 
     name = "aggregator"
@@ -82,13 +82,6 @@ class Aggregator:
         finally:
             self.load_state_dict(saved)
 
-    # -- state ----------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}(f={self.f})"
 
@@ -96,7 +89,7 @@ class Aggregator:
 AGGREGATORS: Registry[Aggregator] = Registry("aggregator")
 
 
-class PreAggregator:
+class PreAggregator(Component):
     """A map ``Tensor[n, d] -> Tensor[m, d]`` applied before a rule (NNM, bucketing, clipping).
 
     ``output_count(n)`` is the number of rows it returns for ``n`` inputs, so a chain can check the
@@ -116,12 +109,6 @@ class PreAggregator:
 
     def __call__(self, G: Tensor, ctx: AggregationContext) -> Tensor:
         raise NotImplementedError
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(f={self.f})"

@@ -15,7 +15,7 @@ functions are re-exported by ``aggregators.functional``.
 
 from torch import Tensor
 
-from ._finite import check_batch, sort_workers
+from ._finite import check_batch, check_f, sort_workers
 from .base import AGGREGATORS, AggregationContext, Aggregator
 from ..registry import ConfigError
 
@@ -52,8 +52,7 @@ def trimmed_mean(G: Tensor, f: int) -> Tensor:
     worker axis, NaN ordered above ``+inf``: up to ``f`` rows with NaN/±inf entries are trimmed away.
     """
     check_batch(G, "trimmed_mean")
-    if not isinstance(f, int) or isinstance(f, bool) or f < 0:
-        raise ValueError(f"trimmed_mean: f must be a non-negative integer, got {f!r}")
+    check_f(f, "trimmed_mean")
     n = G.shape[0]
     if not 2 * f < n:
         raise ValueError(f"trimmed_mean needs n > 2f (trims f values per side), got n={n}, f={f}")

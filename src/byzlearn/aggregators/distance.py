@@ -459,7 +459,7 @@ def centered_clipping(
         v0 = center.detach().to(dtype=G.dtype, device=G.device)
     if iters == 0:
         return v0.clone()
-    finite, _ = P.finite_rows(G)
+    finite, _ = P.finite_norms(G)
     K, finite, _ = P.centered_gram(G, finite, v0)
     finite = finite & torch.isfinite(K.diagonal())
     K = K.detach().to("cpu", torch.float64)

@@ -16,7 +16,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._finite import check_batch, finite_rows, row_norms
+from ._finite import check_batch, check_f, finite_rows, row_norms
 from .base import PREAGGREGATORS, AggregationContext, PreAggregator
 from ..registry import ConfigError
 
@@ -105,8 +105,7 @@ def arc(G: Tensor, f: int, inplace: bool = False) -> Tensor:
     entries count as having norm ``+inf`` (so they are among the clipped ones) and become zero rows.
     """
     check_batch(G, "arc")
-    if not isinstance(f, int) or isinstance(f, bool) or f < 0:
-        raise ValueError(f"arc: f must be a non-negative integer, got {f!r}")
+    check_f(f, "arc")
     n = G.shape[0]
     if not 2 * f < n:
         raise ValueError(f"arc needs n > 2f, got n={n}, f={f}")

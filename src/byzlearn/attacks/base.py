@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..registry import Registry
+from ..registry import Component, Registry
 
 
 @dataclass
@@ -41,7 +41,7 @@ class AttackContext:
     aggregation: Any = None  # the AggregationContext the rule will see (lr, public_loss) for adaptive attacks
 
 
-class Attack:
+class Attack(Component):
     """Base class: ``forge`` returns ``Tensor[k, d]`` with ``k <= f`` (fewer rows = messages dropped)."""
 
     name = "attack"
@@ -55,12 +55,6 @@ class Attack:
 
     def forge(self, ctx: AttackContext) -> Tensor:
         raise NotImplementedError
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

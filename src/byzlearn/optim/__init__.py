@@ -1,5 +1,6 @@
 """Server optimisers, registered by name."""
 
 from .server import OPTIMIZERS
+from .acclip import ACClip, ClippedSGD, CoordClippedSGD
 
-__all__ = ["OPTIMIZERS"]
+__all__ = ["OPTIMIZERS", "ACClip", "ClippedSGD", "CoordClippedSGD"]
