@@ -45,6 +45,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    from . import coding  # noqa: F401  (registers draco_repetition, draco_cyclic)
     from .aggregators import AGGREGATORS, PREAGGREGATORS
     from .attacks import ATTACKS
     from .data import DATASETS, PARTITION_SCHEMES

@@ -1,5 +1,18 @@
-"""Engines that run rounds: the vectorised single-process simulator."""
+"""Engines that run rounds: the vectorised single-process simulator (and DRACO's variant of it)."""
 
+from .. import coding as _coding  # noqa: F401  (registers the DRACO aggregator names before configs are checked)
+from ..config import Config
+from ..data import Dataset
 from .simulator import Simulator
 
-__all__ = ["Simulator"]
+
+def make_simulator(cfg: Config, dataset: Dataset | None = None) -> Simulator:
+    """The engine a config needs: ``DracoSimulator`` for ``draco_*`` aggregators, else ``Simulator``."""
+    if str(cfg.aggregator.get("name", "")).startswith("draco_"):
+        from ..coding.simulator import DracoSimulator
+
+        return DracoSimulator(cfg, dataset)
+    return Simulator(cfg, dataset)
+
+
+__all__ = ["Simulator", "make_simulator"]

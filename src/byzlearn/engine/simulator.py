@@ -191,6 +191,10 @@ class Simulator:
         self.round += 1
         return float(honest_losses.mean())
 
+    def extra_metrics(self) -> dict[str, Any]:
+        """Engine-specific figures added to every metrics row and the summary (none here)."""
+        return {}
+
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
         """Test loss and accuracy of the current model on the whole test set."""

@@ -120,7 +120,7 @@ _DATA_CACHE: dict[tuple, Any] = {}
 
 def _run_cell(cell_raw: dict[str, Any], out: str, threads: int) -> dict[str, Any]:
     from ..data import load_dataset
-    from ..engine import Simulator
+    from ..engine import make_simulator
     from .runner import CHECKPOINT, Run
 
     if threads:
@@ -133,7 +133,7 @@ def _run_cell(cell_raw: dict[str, Any], out: str, threads: int) -> dict[str, Any
         run = Run.resume(out)
     else:
         Path(out).mkdir(parents=True, exist_ok=True)
-        run = Run(cfg, out, Simulator(cfg, dataset=_DATA_CACHE[key]))
+        run = Run(cfg, out, make_simulator(cfg, dataset=_DATA_CACHE[key]))
         (Path(out) / "config.toml").write_text(cfg.to_toml())
         (Path(out) / "metrics.jsonl").write_text("")
     summary = run.execute(progress=False)

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from .. import config as config_mod
 from ..config import Config
-from ..engine import Simulator
+from ..engine import Simulator, make_simulator
 from ..registry import ConfigError
 from .plots import plot_run
 
@@ -63,7 +63,7 @@ class Run:
     def __init__(self, cfg: Config, out: str | Path, sim: Simulator | None = None):
         self.cfg = cfg
         self.out = Path(out)
-        self.sim = sim if sim is not None else Simulator(cfg)
+        self.sim = sim if sim is not None else make_simulator(cfg)
         self.rows: list[dict[str, Any]] = []
         self.elapsed = 0.0  # wall time of previous sessions of this run
         self.loss_sum, self.loss_count = 0.0, 0
@@ -107,6 +107,7 @@ class Run:
             "test_accuracy": test_acc,
             "wall_time": round(wall, 4),
         }
+        row.update(self.sim.extra_metrics())  # engine-specific metrics (DRACO decode status counters)
         self.loss_sum, self.loss_count = 0.0, 0
         self.rows.append(row)
         with open(self.out / METRICS, "a") as fh:
@@ -165,6 +166,7 @@ class Run:
             "device": str(self.sim.device),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         }
+        summary.update(self.sim.extra_metrics())
         (self.out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
         title = f"{self.cfg.data.name}/{self.cfg.model.name}: {summary['aggregator']} vs {summary['attack']} (f={summary['byzantine']}/{summary['workers']})"
         plot_run(self.rows, self.out / PLOT, title)

@@ -1,0 +1,115 @@
+"""``byzlearn reproduce jungle``: LEARN (El-Mhamdi et al., "Collaborative Learning in the Jungle",
+NeurIPS 2021) on MNIST with heterogeneous peers, against plain gossip averaging, under attack.
+
+Setting A: n = 10, f = 3 (rb_trimmed_mean needs n >= 3f + 1 = 10; MDA/MVE would need n >= 19),
+rb_trimmed_mean vs gossip under ALIE, equivocation and sign flip. Setting B: n = 10, f = 1 (where
+MDA and MVE's n >= 6f + 1 = 7 holds): rb_trimmed_mean, mda, mve, gossip under ALIE.
+Accuracy = the worst honest peer's test accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from ..data import load_dataset
+from ..decentralized.learning import LearnSetup, learn
+from .reproduce import REPRODUCTIONS, machine, write_json
+
+ATTACKS = {"alie": {}, "equivocate": {"scale": 3.0}, "sign_flip": {}}
+
+
+def _plot(runs: list[dict], out: Path, name: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    for r in runs:
+        st = r["setup"]
+        label = f"{st['method']} / {st['attack']} (f={st['f']})"
+        steps = [h["step"] for h in r["history"]]
+        ax[0].plot(steps, [h["worst_accuracy"] for h in r["history"]], marker="o", ms=3, label=label)
+        ax[1].semilogy(steps, [max(h["param_diameter"], 1e-12) for h in r["history"]], marker="o", ms=3, label=label)
+    ax[0].set(xlabel="step", ylabel="worst honest peer's test accuracy", title=title)
+    ax[1].set(xlabel="step", ylabel="honest parameter diameter Delta_2", title="agreement (model)")
+    ax[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=110)
+    plt.close(fig)
+
+
+COMPARISON = (
+    "## Comparison with the paper\n\n"
+    "The paper proves that LEARN over a C-averaging agreement solves C-collaborative learning, and that "
+    "rb_trimmed_mean works for n >= 3f + 1 while MDA/MVE need n >= 6f + 1 but give a better averaging constant; it "
+    "reports that its Byzantine-resilient variants keep learning under attack where averaging does not. Here: "
+    "gossip collapses under equivocation (scale 3) and sign flip at f = 3 while rb_trimmed_mean keeps learning under "
+    "equivocation; under ALIE at f = 3 gossip is NOT worse than rb_trimmed_mean (ALIE's small shifts survive the "
+    "trimming), and under sign flip at f = 3 rb_trimmed_mean also fails (not investigated; see the issue report). At "
+    "f = 1 all four methods reach ~0.90 under ALIE (too weak an attack at f = 1 to separate them). The honest "
+    "parameters agree to within the diameters shown. Numbers are not comparable to the paper's (its experiments use "
+    "other data, models and a real RPC deployment).\n"
+)
+
+@REPRODUCTIONS.register("jungle")
+def jungle(out: Path, quick: bool, data_dir: str | None) -> None:
+    t0 = time.perf_counter()
+    ds = load_dataset("mnist", data_dir)
+    steps = 30 if quick else 200
+    base = dict(dataset="mnist", model="mlp20", partition="dirichlet", alpha=0.3, batch_size=32, lr=0.5, steps=steps,
+                eval_every=10 if quick else 20, max_grad_rounds=6, threads=1, seed=0)
+    plan = [(3, m, a) for a in ATTACKS for m in ("rb_trimmed_mean", "gossip")]
+    plan += [(1, m, "alie") for m in ("rb_trimmed_mean", "mda", "mve", "gossip")]
+    if quick:
+        plan = [(3, "rb_trimmed_mean", "alie"), (3, "gossip", "alie"), (1, "mve", "alie")]
+    runs, rows = [], []
+    for f, method, attack in plan:
+        setup = LearnSetup(n=10, f=f, method=method, attack=attack, attack_params=ATTACKS[attack], **base)
+        r = learn(setup, dataset=ds)
+        runs.append(r)
+        print(f"{method:16s} f={f} {attack:11s} worst acc {r['final_worst_accuracy']:.3f} ({r['wall_s']:.1f} s)", file=sys.stderr)
+        rows.append({
+            "method": method,
+            "setting": {"n": 10, "byzantine": f, "attack": attack, "attack_params": ATTACKS[attack], "model": "mlp20",
+                        "data": "mnist, Dirichlet(0.3) label skew", "steps": steps, "batch_size": 32, "lr": 0.5,
+                        "grad_rounds": "1 + ceil(log2 t), capped at 6", "model_rounds": 1, "schedule": "adversarial"},
+            "final_test_accuracy": r["final_worst_accuracy"], "best_test_accuracy": r["best_worst_accuracy"],
+            "final_mean_test_accuracy": r["final_mean_accuracy"],
+            "final_param_diameter": r["history"][-1]["param_diameter"],
+            "final_grad_C_max": r["history"][-1]["grad_C_max"],
+            "messages": r["messages"], "bytes": r["bytes"], "wall_time_s": round(r["wall_s"], 2),
+            "agreement_time_s": round(r["agreement_s"], 2),
+            "history": r["history"],
+        })
+    write_json(rows, out)
+    _plot([r for r in runs if r["setup"]["f"] == 3], out, "accuracy_f3.png", "n=10, f=3")
+    _plot([r for r in runs if r["setup"]["f"] == 1], out, "accuracy_f1.png", "n=10, f=1")
+    wall = time.perf_counter() - t0
+    lines = [
+        "# Collaborative learning in the jungle: LEARN on MNIST with Byzantine peers",
+        "",
+        f"Command: `byzlearn reproduce jungle --data-dir ../shared/data/mnist`{' --quick' if quick else ''}  ",
+        f"Machine: {machine()}  ",
+        f"Wall time: {wall:.0f} s",
+        "",
+        "MNIST, model mlp20 (784-20-10 sigmoid), 10 peers with Dirichlet(0.3) label-skewed shards, "
+        f"{steps} LEARN steps (batch 32, lr 0.5; gradient agreement 1 + ceil(log2 t) rounds capped at 6, then one "
+        "round of model agreement), adversarial delivery order (each peer proceeds with its first n - f "
+        "messages: all Byzantine ones, and the honest ones on its own side of the honest cloud). "
+        "Accuracy = the worst honest peer's test accuracy; diameter = the honest parameters' Delta_2.",
+        "",
+        "| method | f | attack | final worst acc | best worst acc | final mean acc | final param diameter | messages | MB sent | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        s = r["setting"]
+        lines.append(
+            f"| {r['method']} | {s['byzantine']} | {s['attack']} | {r['final_test_accuracy']:.3f} | {r['best_test_accuracy']:.3f} | "
+            f"{r['final_mean_test_accuracy']:.3f} | {r['final_param_diameter']:.2e} | {r['messages']:,} | {r['bytes'] / 1e6:,.0f} | {r['wall_time_s']:.0f} |"
+        )
+    lines += ["", "![f=3](accuracy_f3.png)", "", "![f=1](accuracy_f1.png)", "", COMPARISON]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
