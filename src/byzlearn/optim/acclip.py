@@ -101,7 +101,14 @@ class ACClip(torch.optim.Optimizer):
 
 
 class _ClippedSGDBase(torch.optim.Optimizer):
-    """SGD on a clipped gradient; subclasses define ``_clip`` (in place on a fresh gradient copy)."""
+    """SGD on a clipped gradient; subclasses define ``_clipped`` (on fresh gradient copies)."""
+
+    def __init__(self, params: Params, lr: float, momentum: float, weight_decay: float, **clip: float):
+        for key, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
+            _check_positive(key, value)
+        for key, value in clip.items():
+            _check_positive(key, value, allow_zero=False)
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, **clip))
 
     def _clipped(self) -> dict[Tensor, Tensor]:
         raise NotImplementedError
@@ -146,11 +153,7 @@ class ClippedSGD(_ClippedSGDBase):
     """SGD on the gradient clipped to a global L2 norm ``max_norm`` (GClip), optional heavy-ball momentum."""
 
     def __init__(self, params: Params, lr: float, max_norm: float = 1.0, momentum: float = 0.0, weight_decay: float = 0.0):
-        _check_positive("lr", lr)
-        _check_positive("max_norm", max_norm, allow_zero=False)
-        _check_positive("momentum", momentum)
-        _check_positive("weight_decay", weight_decay)
-        super().__init__(params, dict(lr=lr, max_norm=max_norm, momentum=momentum, weight_decay=weight_decay))
+        super().__init__(params, lr, momentum, weight_decay, max_norm=max_norm)
 
     def _clipped(self) -> dict[Tensor, Tensor]:
         grads = self._raw_grads()
@@ -169,11 +172,7 @@ class CoordClippedSGD(_ClippedSGDBase):
     """SGD on the gradient clipped coordinate-wise at a fixed ``threshold`` (CClip), optional heavy-ball momentum."""
 
     def __init__(self, params: Params, lr: float, threshold: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0):
-        _check_positive("lr", lr)
-        _check_positive("threshold", threshold, allow_zero=False)
-        _check_positive("momentum", momentum)
-        _check_positive("weight_decay", weight_decay)
-        super().__init__(params, dict(lr=lr, threshold=threshold, momentum=momentum, weight_decay=weight_decay))
+        super().__init__(params, lr, momentum, weight_decay, threshold=threshold)
 
     def _clipped(self) -> dict[Tensor, Tensor]:
         grads = self._raw_grads()
