@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from . import cifar, digits, idx  # noqa: F401 - register the loaders
+from . import cifar, digits, idx, synthetic  # noqa: F401 - register the loaders
 from ..registry import ConfigError
 from .base import DATASETS, Dataset, standardise
 from .locate import ENV_VAR, DataFormatError, DataNotFoundError, data_root
