@@ -57,6 +57,7 @@ COMPARISON = (
 
 @REPRODUCTIONS.register("jungle")
 def jungle(out: Path, quick: bool, data_dir: str | None) -> None:
+    """Collaborative learning in the jungle: LEARN with rb_trimmed_mean / MDA / MVE agreement vs gossip, 10 MNIST peers, label skew."""
     t0 = time.perf_counter()
     ds = load_dataset("mnist", data_dir)
     steps = 30 if quick else 200
