@@ -16,9 +16,7 @@ Usage::
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -27,21 +25,13 @@ try:
     from byzlearn.aggregators import build_aggregator
     from byzlearn.coding import CyclicCode, repetition_groups
     from byzlearn.coding import repetition as rep
+    from byzlearn.timing import median_time
 except ImportError:  # run from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from byzlearn.aggregators import build_aggregator
     from byzlearn.coding import CyclicCode, repetition_groups
     from byzlearn.coding import repetition as rep
-
-
-def timeit(fn, repeats):
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+    from byzlearn.timing import median_time
 
 
 def main():
@@ -60,24 +50,24 @@ def main():
     G = torch.randn(n, d, generator=g)
     bad = torch.randperm(n, generator=g)[:s]
     res = {}
-    res["mean"] = timeit(lambda: build_aggregator({"name": "mean"}, s)(G), a.repeats)
+    res["mean"] = median_time(lambda: build_aggregator({"name": "mean"}, s)(G), a.repeats)
     gm = build_aggregator({"name": "geometric_median"}, s)
     Gb = G.clone()
     Gb[bad] = 240.0
-    res["geometric_median"] = timeit(lambda: gm(Gb), a.repeats)
+    res["geometric_median"] = median_time(lambda: gm(Gb), a.repeats)
     groups = repetition_groups(n, s)
     R = rep.encode(G, groups)
     R[bad] = 240.0
-    res["draco_repetition decode"] = timeit(lambda: rep.decode(R, groups, s), a.repeats)
+    res["draco_repetition decode"] = median_time(lambda: rep.decode(R, groups, s), a.repeats)
     code = CyclicCode(n, s)
     del R
-    res["draco_cyclic encode (all n workers)"] = timeit(lambda: code.encode(G), max(1, a.repeats // 2))
+    res["draco_cyclic encode (all n workers)"] = median_time(lambda: code.encode(G), max(1, a.repeats // 2))
     M = code.encode(G)
     M[bad] = 240.0
     total, status, _ = code.decode(M, g)
     assert status.located == s, status
     err = float((total - G.double().sum(0)).abs().max() / G.double().sum(0).abs().max())
-    res["draco_cyclic decode"] = timeit(lambda: code.decode(M, g), a.repeats)
+    res["draco_cyclic decode"] = median_time(lambda: code.decode(M, g), a.repeats)
     rows = []
     print(f"n={n}, s={s}, d={d:.0e}, torch {torch.__version__}, {torch.get_num_threads()} threads; cyclic decode max rel. error {err:.1e}")
     print("| operation | time (ms) | / mean | / geometric_median |")

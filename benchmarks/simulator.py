@@ -33,9 +33,7 @@ class LoopSimulator(Simulator):
     def worker_gradients(self, idx, poison=None):
         params = list(self.model.module.parameters())
         grads, losses = [], []
-        with torch.no_grad():
-            for p, v in zip(params, self.model.unflatten(self.theta).values()):
-                p.copy_(v)
+        self.model.load_into_module(self.theta)
         for row in idx.to(self.device):
             x, y = self.x_train[row], self.y_train[row]
             loss = F.cross_entropy(self.model.module(x), y)

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from byzlearn import config as C
 from byzlearn.data import load_dataset
@@ -11,6 +10,8 @@ from byzlearn.engine import Simulator
 from byzlearn.experiments.repro_acclip_attention import hill
 from byzlearn.models import MODELS
 from byzlearn.models.attention import VOCAB as MODEL_VOCAB
+
+from conftest import assert_batched_gradients_match_autograd
 
 
 @pytest.fixture(scope="module")
@@ -24,19 +25,8 @@ def make(overrides, dataset):
 
 def test_batched_gradients_equal_per_worker_autograd(seq):
     sim = make(["workers.n=5", "workers.batch_size=8"], seq)
-    idx = sim.sampler.sample(sim.gens["sample"])
-    grads, losses = sim.worker_gradients(idx)
-    assert grads.shape == (5, sim.d) and 10_000 < sim.d < 30_000
-    module = sim.model.module
-    with torch.no_grad():
-        for p, v in zip(module.parameters(), sim.model.unflatten(sim.theta).values()):
-            p.copy_(v)
-    for w in range(5):
-        x, y = seq.x_train[idx[w]], seq.y_train[idx[w]]
-        loss = F.cross_entropy(module(x), y)
-        ref = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(module.parameters()))])
-        torch.testing.assert_close(grads[w], ref, atol=1e-6, rtol=1e-5)
-        torch.testing.assert_close(losses[w], loss.detach())
+    assert 10_000 < sim.d < 30_000
+    assert_batched_gradients_match_autograd(sim, seq, 5)
 
 
 def test_model_rejects_images():

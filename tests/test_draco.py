@@ -1,6 +1,5 @@
 """DRACO: the codes on random matrices, and the guarantee in training (same parameters as plain SGD)."""
 
-import math
 
 import pytest
 import torch

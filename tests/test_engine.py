@@ -2,12 +2,13 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from byzlearn import config as C
 from byzlearn.attacks import ATTACKS, Attack
 from byzlearn.engine import Simulator
 from byzlearn.engine.sampling import ShardSampler
+
+from conftest import assert_batched_gradients_match_autograd
 
 
 def make(overrides, dataset):
@@ -17,19 +18,7 @@ def make(overrides, dataset):
 @pytest.mark.parametrize("model", ["mlp20", "mlp20x2", "mlp20relu", "logreg", "cnn_cifar"])
 def test_batched_gradients_equal_per_worker_autograd(digits, model):
     sim = make([f"model.name={model}", "workers.n=5", "workers.batch_size=8"], digits)
-    idx = sim.sampler.sample(sim.gens["sample"])
-    grads, losses = sim.worker_gradients(idx)
-    assert grads.shape == (5, sim.d) and losses.shape == (5,)
-    module = sim.model.module
-    with torch.no_grad():
-        for p, v in zip(module.parameters(), sim.model.unflatten(sim.theta).values()):
-            p.copy_(v)
-    for w in range(5):
-        x, y = digits.x_train[idx[w]], digits.y_train[idx[w]]
-        loss = F.cross_entropy(module(x), y)
-        ref = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(module.parameters()))])
-        torch.testing.assert_close(grads[w], ref, atol=1e-6, rtol=1e-5)
-        torch.testing.assert_close(losses[w], loss.detach())
+    assert_batched_gradients_match_autograd(sim, digits, 5)
 
 
 def _sampler():

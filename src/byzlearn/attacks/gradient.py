@@ -180,26 +180,30 @@ class DroppedAttack(Attack):
         return torch.empty((0, dimension(ctx)), dtype=ref.dtype, device=ref.device)
 
 
+class _FilledRows(Attack):
+    """Every Byzantine message is ``value * 1_d`` for the subclass's non-finite ``value``."""
+
+    value = float("nan")
+
+    def forge(self, ctx: AttackContext) -> Tensor:
+        ref = reference(ctx)
+        return torch.full((ctx.f, dimension(ctx)), self.value, dtype=ref.dtype, device=ref.device)
+
+
 @ATTACKS.register("nan")
-class NaNAttack(Attack):
+class NaNAttack(_FilledRows):
     """NaN rows: every coordinate of every Byzantine message is NaN (robust rules must survive it)."""
 
     name = "nan"
-
-    def forge(self, ctx: AttackContext) -> Tensor:
-        ref = reference(ctx)
-        return torch.full((ctx.f, dimension(ctx)), float("nan"), dtype=ref.dtype, device=ref.device)
+    value = float("nan")
 
 
 @ATTACKS.register("inf")
-class InfAttack(Attack):
+class InfAttack(_FilledRows):
     """Infinite rows: every Byzantine message is ``+inf * 1_d`` (ByzFL ``Inf``)."""
 
     name = "inf"
-
-    def forge(self, ctx: AttackContext) -> Tensor:
-        ref = reference(ctx)
-        return torch.full((ctx.f, dimension(ctx)), float("inf"), dtype=ref.dtype, device=ref.device)
+    value = float("inf")
 
 
 # -- floating-point bit flips ---------------------------------------------------------------------

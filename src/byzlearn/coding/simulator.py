@@ -46,7 +46,7 @@ from . import repetition
 from .aggregators import DracoAggregator
 from .assignment import assignment, repetition_groups
 from .cyclic import CyclicCode
-from .status import CORRECTED, DETECTED, OK, DecodeStatus
+from .status import DecodeStatus
 
 COUNTERS = ("rounds_ok", "rounds_corrected", "rounds_detected", "errors_located", "fallback_used", "rounds_skipped")
 TIMERS = ("compute", "encode", "attack", "decode")

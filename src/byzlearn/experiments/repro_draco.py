@@ -18,8 +18,6 @@ worker would see, communication excluded.
 
 from __future__ import annotations
 
-import json
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -29,20 +27,11 @@ import torch
 from .. import config as config_mod
 from ..data import load_dataset
 from ..engine import make_simulator
+from ..timing import median_time
 from .reproduce import REPRODUCTIONS, machine, write_json
 
 TARGET = 0.88
 PAPER = {"draco": {1: 84.15, 3: 84.15, 5: 84.15}, "geometric_median": {1: 401.49, 3: 419.65, 5: 506.53}}
-
-
-def _median_time(fn, reps: int = 15) -> float:
-    fn()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
 
 
 def _run(method: str, s: int, rounds: int, eval_every: int, data_dir: str | None, dataset) -> dict[str, Any]:
@@ -58,7 +47,7 @@ def _run(method: str, s: int, rounds: int, eval_every: int, data_dir: str | None
     cfg = config_mod.load(None, over)
     sim = make_simulator(cfg, dataset)
     curve = [(0, 0.0, sim.evaluate()[1])]
-    train_time, agg_time, hit = 0.0, 0.0, None
+    train_time, hit = 0.0, None
     for r in range(1, rounds + 1):
         t0 = time.perf_counter()
         sim.step()
@@ -72,13 +61,13 @@ def _run(method: str, s: int, rounds: int, eval_every: int, data_dir: str | None
     idx = sim.sampler.sample(torch.Generator().manual_seed(1))
     if method.startswith("draco"):
         parts = sim.assign[0]
-        worker_s = _median_time(lambda: sim.worker_gradients(idx[parts]))
+        worker_s = median_time(lambda: sim.worker_gradients(idx[parts]), 15)
         server_s = sim.timers["decode"] / sim.timed_rounds
         extra = sim.extra_metrics()
     else:
-        worker_s = _median_time(lambda: sim.worker_gradients(idx[:1]))
+        worker_s = median_time(lambda: sim.worker_gradients(idx[:1]), 15)
         G, _ = sim.worker_gradients(idx)
-        server_s = _median_time(lambda: sim.aggregator(G.clone()))
+        server_s = median_time(lambda: sim.aggregator(G.clone()), 15)
         extra = {}
     accs = [c[2] for c in curve]
     return {

@@ -9,7 +9,6 @@ Accuracy = the worst honest peer's test accuracy.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path

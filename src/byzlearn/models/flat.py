@@ -39,6 +39,12 @@ class FlatModel:
         """Logits of the module with parameters ``theta`` on inputs ``x``."""
         return functional_call(self.module, (self.unflatten(theta), self.buffers), (x,))
 
+    @torch.no_grad()
+    def load_into_module(self, theta: Tensor) -> None:
+        """Copy ``theta`` into the module's own parameters (for code that calls the module directly)."""
+        for p, v in zip(self.module.parameters(), self.unflatten(theta).values()):
+            p.copy_(v)
+
     def to(self, device: torch.device | str) -> "FlatModel":
         self.module.to(device)
         self.buffers = dict(self.module.named_buffers())
