@@ -375,3 +375,15 @@ def test_cifar_corrupt_and_missing(tmp_path):
         load_dataset("cifar10", str(tmp_path), download=True)
     for needle in ("data_batch_2.bin", "test_batch.bin", cifar.ARCHIVE, "BYZLEARN_DATA", "network disabled"):
         assert needle in str(err.value)
+
+
+def test_class_subset_relabels_in_the_given_order(digits):
+    from byzlearn.data import class_subset
+
+    sub = class_subset(digits, [7, 2])
+    assert sub.num_classes == 2 and sub.name == "digits2"
+    assert int((sub.y_train == 0).sum()) == int((digits.y_train == 7).sum())
+    assert int((sub.y_test == 1).sum()) == int((digits.y_test == 2).sum())
+    torch.testing.assert_close(sub.x_train[sub.y_train == 0], digits.x_train[digits.y_train == 7])
+    with pytest.raises(ValueError, match="distinct"):
+        class_subset(digits, [1, 1])

@@ -1,4 +1,4 @@
-"""Command line: ``byzlearn run | matrix | reproduce | list | demo`` (also ``python -m byzlearn``)."""
+"""Command line: ``byzlearn run | launch | matrix | reproduce | meta-train | list | demo`` (also ``python -m byzlearn``)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,11 @@ def _default_out(cfg: config_mod.Config) -> Path:
 def _cmd_run(args: argparse.Namespace) -> int:
     from .experiments.runner import Run
 
+    if args.engine == "distributed":  # one process of a torchrun / byzlearn launch job; ends the process
+        from .distributed import runtime
+
+        runtime.main({"config": args.config, "overrides": args.set, "out": args.out, "resume": args.resume,
+                      "data_dir": args.data_dir, "device": args.device, "quiet": args.quiet})
     if args.resume:
         if args.config or args.set:
             raise ConfigError("--resume DIR continues a run with its saved config; do not pass CONFIG or --set with it")
@@ -42,6 +47,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     print(f"plot: {run.out / 'curves.png'}")
     return 0
+
+
+def _cmd_launch(args: argparse.Namespace) -> int:
+    from .distributed.launcher import launch
+
+    return launch(args.nprocs, args.config, list(args.set or []), args.out, resume=args.resume, data_dir=args.data_dir,
+                  device=args.device, quiet=args.quiet, max_restarts=args.max_restarts)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -96,6 +108,22 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_meta_train(args: argparse.Namespace) -> int:
+    from .learned.meta_train import load_config, meta_train
+
+    overrides = list(args.set or [])
+    if args.data_dir:
+        overrides.append(f"task.data_dir={json.dumps(args.data_dir)}")
+    cfg = load_config(args.config, overrides)
+    card = meta_train(cfg, args.out, progress=False if args.quiet else None, resume=args.resume)
+    print(f"{card['method']}: best validation score {card['validation_score']:.4f} (trajectory {card['best_trajectory']} of "
+          f"{card['trajectories_run']}), {card['meta_steps']} meta-steps in {card['wall_time']:.0f} s "
+          f"({card['meta_steps_per_second']:.2f} steps/s)")
+    print(f"saved: {Path(args.out) / 'aggregator.safetensors'}, card.json, meta_loss.png; use it with "
+          f"--set aggregator.name=learned --set aggregator.path={json.dumps(str(args.out))}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .experiments.demo import main as demo
 
@@ -114,7 +142,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", help="cpu, cuda, cuda:N or auto (train.device)")
     r.add_argument("--resume", metavar="DIR", help="continue a killed run from its last checkpoint")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--engine", choices=("simulator", "distributed"), default="simulator",
+                   help="simulator (one process) or distributed (one process of a torchrun / byzlearn launch job)")
     r.set_defaults(func=_cmd_run)
+
+    la = sub.add_parser("launch", help="run a configuration on N local processes (torch.distributed: server + N-1 workers)",
+                        description="Start N local processes of the torch.distributed runtime (rank 0: server or monitor; "
+                                    "ranks 1..N-1: workers) and write the same run folder as byzlearn run.")
+    la.add_argument("config", nargs="?", help="TOML config file (every key has a default)")
+    la.add_argument("-n", "--nprocs", type=int, help="processes to start; sets workers.n = N-1 (default: workers.n + 1)")
+    la.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config key (repeatable)")
+    la.add_argument("--out", help="run folder (default: runs/<time>-<data>-<rule>-<attack>-distributed)")
+    la.add_argument("--data-dir", help="where the data set's files are (also: BYZLEARN_DATA, data.data_dir)")
+    la.add_argument("--device", help="cpu, cuda or auto: with CUDA every rank uses cuda:LOCAL_RANK")
+    la.add_argument("--resume", metavar="DIR", help="continue a run from its last checkpoint")
+    la.add_argument("--max-restarts", type=int, default=0, help="restart every process from the last checkpoint when rank 0 fails")
+    la.add_argument("--quiet", action="store_true", help="no progress bar")
+    la.set_defaults(func=_cmd_launch)
 
     lst = sub.add_parser("list", help="list rules, pre-aggregators, attacks, data sets, models and optimisers")
     lst.set_defaults(func=_cmd_list)
@@ -135,6 +179,16 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--data-dir", help="where the data set's files are (also: BYZLEARN_DATA)")
     rp.add_argument("--quick", action="store_true", help="a reduced version for smoke checks")
     rp.set_defaults(func=_cmd_reproduce)
+
+    mt = sub.add_parser("meta-train", help="meta-train a learned aggregator (RNN/ARNN) by truncated BPTT",
+                        description="Meta-train a coordinatewise RNN/ARNN aggregator; save it (safetensors + card.json) in --out.")
+    mt.add_argument("config", nargs="?", help="TOML with sections aggregator, task, byzantine, meta (every key has a default)")
+    mt.add_argument("--out", required=True, help="folder for aggregator.safetensors, card.json, history.json, meta_loss.png")
+    mt.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a key (repeatable), e.g. --set aggregator.cell=gru")
+    mt.add_argument("--data-dir", help="where the data set's files are (task.data_dir; also BYZLEARN_DATA)")
+    mt.add_argument("--resume", action="store_true", help="continue from --out's meta_checkpoint.pt (written at every validation)")
+    mt.add_argument("--quiet", action="store_true", help="no progress bar")
+    mt.set_defaults(func=_cmd_meta_train)
 
     d = sub.add_parser("demo", help="the main job: a short robustness comparison on the embedded digits data set")
     d.add_argument("--out", help="folder for the runs, table and plot (default: runs/demo)")

@@ -59,7 +59,29 @@ class TrainConfig:
     compile: bool = False  # torch.compile the batched gradient pass
 
 
-FIXED_SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "workers": WorkersConfig, "train": TrainConfig}
+@dataclass
+class DistributedConfig:
+    """Settings of the torch.distributed runtime (``byzlearn run --engine distributed``, ``byzlearn launch``).
+
+    The simulator ignores them. Left at their defaults the section is not written to a resolved
+    config and does not enter ``Config.hash``, so configs from before the runtime keep their hash.
+    """
+
+    mode: Literal["server", "decentralized"] = "server"  # parameter server (rank 0) or peers without a server
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: gloo (nccl only when asked for, with CUDA)
+    quorum: int = 0  # the server proceeds once q gradients of the round arrived; 0: all live workers
+    deadline: float = 10.0  # seconds the server waits for a round's gradients before it proceeds without the rest
+    timeout: float = 120.0  # seconds for start-up (all processes joining) and for a stalled decentralised round
+    agreement: Literal["rb_trimmed_mean", "mda", "gossip"] = "rb_trimmed_mean"  # decentralised averaging agreement
+    grad_rounds: int = 0  # decentralised: cap on LEARN's 1 + ceil(log2 t) gradient-agreement rounds (0: no cap)
+    model_rounds: int = 1  # decentralised: model-agreement rounds per step
+    byzantine_peers: Literal["attack", "equivocate", "silent"] = "attack"  # decentralised Byzantine behaviour
+
+
+FIXED_SECTIONS: dict[str, type] = {
+    "data": DataConfig, "model": ModelConfig, "workers": WorkersConfig, "train": TrainConfig, "distributed": DistributedConfig,
+}
+OPTIONAL_SECTIONS = ("distributed",)  # written (and hashed) only when some key differs from its default
 OPEN_DEFAULTS: dict[str, dict[str, Any]] = {
     "attack": {"name": "none"},
     "aggregator": {"name": "mean"},
@@ -74,6 +96,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     attack: dict[str, Any] = field(default_factory=lambda: dict(OPEN_DEFAULTS["attack"]))
     aggregator: dict[str, Any] = field(default_factory=lambda: dict(OPEN_DEFAULTS["aggregator"]))
     optimizer: dict[str, Any] = field(default_factory=lambda: dict(OPEN_DEFAULTS["optimizer"]))
@@ -83,6 +106,8 @@ class Config:
         for name in SECTIONS:
             sec = getattr(self, name)
             d = dataclasses.asdict(sec) if dataclasses.is_dataclass(sec) else dict(sec)
+            if name in OPTIONAL_SECTIONS and d == dataclasses.asdict(type(sec)()):
+                continue
             out[name] = {k: v for k, v in d.items() if v is not None}  # TOML has no null: absent = None
         return out
 
@@ -94,6 +119,11 @@ class Config:
         d = self.to_dict()
         d["data"].pop("data_dir", None)
         d["train"].pop("device", None)
+        # the transport (backend) and the start-up timeout do not change the experiment either
+        dist = dataclasses.replace(self.distributed, backend="auto", timeout=DistributedConfig.timeout)
+        d.pop("distributed", None)
+        if dist != DistributedConfig():
+            d["distributed"] = dataclasses.asdict(dist)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

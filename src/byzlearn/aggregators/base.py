@@ -45,6 +45,7 @@ class Aggregator(Component):
     """Base class. Subclasses implement ``aggregate`` and, if they need it, ``requirement``."""
 
     name = "aggregator"
+    needs_public_batch = False  # reads ctx.public_loss (Zeno, ARNN): the run must set data.public_size > 0
 
     def __init__(self, f: int = 0):
         if not isinstance(f, int) or f < 0:

@@ -96,6 +96,8 @@ class Zeno(Aggregator):
     scored ``-inf``.
     """
 
+    needs_public_batch = True
+
     name = "zeno"
 
     def __init__(

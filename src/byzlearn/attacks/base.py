@@ -39,6 +39,7 @@ class AttackContext:
     aggregator: Any
     generator: torch.Generator
     aggregation: Any = None  # the AggregationContext the rule will see (lr, public_loss) for adaptive attacks
+    byzantine: Tensor | None = None  # the Byzantine workers' row indices in the batch, sorted (None: unknown)
 
 
 class Attack(Component):

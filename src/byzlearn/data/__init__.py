@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from . import cifar, digits, idx, synthetic  # noqa: F401 - register the loaders
 from ..registry import ConfigError
-from .base import DATASETS, Dataset, standardise
+from .base import DATASETS, Dataset, class_subset, standardise
 from .locate import ENV_VAR, DataFormatError, DataNotFoundError, data_root
 from .partition import PARTITION_SCHEMES, pad_shards, partition, split_public
 
@@ -22,6 +22,6 @@ def load_dataset(name: str, data_dir: str | None = None, download: bool = True) 
 
 
 __all__ = [
-    "DATASETS", "Dataset", "load_dataset", "standardise", "data_root", "ENV_VAR",
+    "DATASETS", "Dataset", "class_subset", "load_dataset", "standardise", "data_root", "ENV_VAR",
     "DataNotFoundError", "DataFormatError", "PARTITION_SCHEMES", "partition", "split_public", "pad_shards",
 ]

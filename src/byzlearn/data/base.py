@@ -40,3 +40,15 @@ def standardise(x_train: Tensor, x_test: Tensor) -> tuple[Tensor, Tensor]:
     mean = x_train.mean(dim=dims, keepdim=True)
     std = x_train.std(dim=dims, keepdim=True).clamp_min(1e-8)
     return x_train.sub_(mean).div_(std), x_test.sub_(mean).div_(std)
+
+
+def class_subset(ds: Dataset, classes: list[int]) -> Dataset:
+    """The samples of ``ds`` whose label is in ``classes``, relabelled ``0..k-1`` in the given order
+    (MNIST-2, CIFAR-5, ... of the learned-aggregator paper's transfer experiments)."""
+    if len(set(classes)) != len(classes) or not classes or any(not 0 <= c < ds.num_classes for c in classes):
+        raise ValueError(f"classes must be distinct labels in [0, {ds.num_classes}), got {classes!r}")
+    remap = torch.full((ds.num_classes,), -1, dtype=torch.long)
+    remap[torch.tensor(classes)] = torch.arange(len(classes))
+    keep_tr, keep_te = remap[ds.y_train] >= 0, remap[ds.y_test] >= 0
+    return Dataset(f"{ds.name}{len(classes)}", ds.x_train[keep_tr], remap[ds.y_train[keep_tr]], ds.x_test[keep_te],
+                   remap[ds.y_test[keep_te]], len(classes))

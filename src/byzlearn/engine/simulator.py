@@ -167,7 +167,7 @@ class Simulator:
         ctx = AttackContext(
             n=self.n, f=self.f, round=self.round, honest=honest, own=own, params=self.theta,
             aggregator=self.aggregator, generator=self.gens["attack"],
-            aggregation=agg_ctx if agg_ctx is not None else self.aggregation_context(),
+            aggregation=agg_ctx if agg_ctx is not None else self.aggregation_context(), byzantine=byz_ids,
         )
         forged = self.attack.forge(ctx)
         k = forged.shape[0]

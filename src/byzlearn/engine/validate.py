@@ -57,6 +57,18 @@ def validate(cfg: Config) -> None:
     if cfg.model.name not in MODELS:
         raise ConfigError(f"unknown model.name {cfg.model.name!r}; known: {', '.join(MODELS.names())}")
     resolve_device(t.device)
+    dc = cfg.distributed
+    _positive(dc.quorum, "distributed.quorum", 0)
+    if dc.quorum > w.n:
+        raise ConfigError(f"distributed.quorum = {dc.quorum} exceeds workers.n = {w.n}: the server waits for at most n gradients (0 = all)")
+    for key in ("deadline", "timeout"):
+        if not getattr(dc, key) > 0:
+            raise ConfigError(f"distributed.{key} = {getattr(dc, key)} must be > 0 (seconds)")
+    _positive(dc.grad_rounds, "distributed.grad_rounds", 0)
+    _positive(dc.model_rounds, "distributed.model_rounds", 0)
     check_params(ATTACKS, cfg.attack["name"], {k: v for k, v in cfg.attack.items() if k != "name"}, "attack")
     check_params(OPTIMIZERS, cfg.optimizer["name"], {k: v for k, v in cfg.optimizer.items() if k != "name"}, "optimizer", skip=("params",))
-    build_aggregator(cfg.aggregator, f_default=w.byzantine).check(w.n)
+    agg = build_aggregator(cfg.aggregator, f_default=w.byzantine)
+    agg.check(w.n)
+    if getattr(agg, "rule", agg).needs_public_batch and d.public_size == 0:
+        raise ConfigError(f"aggregator {agg.name!r} scores the workers on the server's public batch: set data.public_size > 0 (e.g. 1000)")

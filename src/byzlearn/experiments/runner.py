@@ -20,7 +20,7 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from tqdm import tqdm
@@ -57,36 +57,48 @@ def _save_checkpoint(path: Path, sim: Simulator, extra: dict[str, Any]) -> None:
     os.replace(tmp, path)  # atomic: a kill never leaves a half-written checkpoint
 
 
+def check_new(out: Path) -> None:
+    """A new run must not overwrite a run folder."""
+    if (out / CHECKPOINT).exists() or (out / SUMMARY).exists():
+        raise ConfigError(f"run folder {str(out)!r} already holds a run; resume it with --resume {out} or choose another --out")
+
+
+def saved_config(out: Path, device: str | None = None) -> Config:
+    """The config saved in a run folder (``device`` overrides ``train.device``)."""
+    if not (out / CONFIG).exists():
+        raise ConfigError(f"{str(out)!r} is not a run folder (no {CONFIG}); start a run with byzlearn run")
+    return config_mod.load(out / CONFIG, [f"train.device={device}"] if device else [])
+
+
 class Run:
     """One experiment in its folder. ``execute`` trains until ``train.rounds`` (or ``stop_after`` rounds)."""
 
-    def __init__(self, cfg: Config, out: str | Path, sim: Simulator | None = None):
+    def __init__(self, cfg: Config, out: str | Path, sim: Simulator | None = None,
+                 engine: Callable[[Config], Any] | None = None):
+        """``engine(cfg)`` builds the object that runs the rounds (default ``make_simulator``; the
+        distributed runtime's server passes its own, with the same interface)."""
         self.cfg = cfg
         self.out = Path(out)
-        self.sim = sim if sim is not None else make_simulator(cfg)
+        self.sim = sim if sim is not None else (engine or make_simulator)(cfg)
         self.rows: list[dict[str, Any]] = []
         self.elapsed = 0.0  # wall time of previous sessions of this run
         self.loss_sum, self.loss_count = 0.0, 0
 
     @classmethod
-    def create(cls, cfg: Config, out: str | Path) -> "Run":
+    def create(cls, cfg: Config, out: str | Path, engine: Callable[[Config], Any] | None = None) -> "Run":
         out = Path(out)
-        if (out / CHECKPOINT).exists() or (out / SUMMARY).exists():
-            raise ConfigError(f"run folder {str(out)!r} already holds a run; resume it with --resume {out} or choose another --out")
-        run = cls(cfg, out)  # builds (and validates) everything before the folder is written
+        check_new(out)
+        run = cls(cfg, out, engine=engine)  # builds (and validates) everything before the folder is written
         out.mkdir(parents=True, exist_ok=True)
         (out / CONFIG).write_text(cfg.to_toml())
         (out / METRICS).write_text("")
         return run
 
     @classmethod
-    def resume(cls, out: str | Path, device: str | None = None) -> "Run":
+    def resume(cls, out: str | Path, device: str | None = None, engine: Callable[[Config], Any] | None = None) -> "Run":
         out = Path(out)
-        if not (out / CONFIG).exists():
-            raise ConfigError(f"{str(out)!r} is not a run folder (no {CONFIG}); start a run with byzlearn run")
-        overrides = [f"train.device={device}"] if device else []
-        cfg = config_mod.load(out / CONFIG, overrides)
-        run = cls(cfg, out)
+        cfg = saved_config(out, device)
+        run = cls(cfg, out, engine=engine)
         if (out / CHECKPOINT).exists():
             ckpt = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=False)
             run.sim.load_state_dict(ckpt["simulator"])

@@ -1,0 +1,199 @@
+"""Shared machinery of the learned-aggregator reproductions ``l2a-fig4`` .. ``l2a-fig7``.
+
+Ji, Chen, Wang, Yu, Li, "Learning to Learn Gradient Aggregation by Gradient Descent", IJCAI 2019.
+Every figure uses aggregators meta-trained in the paper's Fig. 4 setting (MNIST, MLP 784-20-10
+sigmoid, 10 workers with equal shards, SGD at the server); they are trained once, on demand, into
+``docs/reproductions/l2a-aggregators/<method>/`` and reused by the other figures. The recipes below
+are the whole meta-training setting; each card.json repeats it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .. import config as config_mod
+from ..data import Dataset
+from ..engine import make_simulator
+from ..learned.meta_train import from_sections, meta_train
+from .plots import plt
+
+AGGREGATOR_ROOT = Path("docs") / "reproductions" / "l2a-aggregators"
+ALIE = {"name": "alie", "z": 1.0}  # z fixed: the paper's default z is undefined at 7 of 10 Byzantine
+TRAIN_ATTACKS = ["gaussian", "sign_flip", "constant", ALIE]
+SERVER_LR, BATCH, WORKERS, PUBLIC_BATCH, ROUNDS = 0.5, 128, 10, 32, 500
+
+_PAPER_NET = {"preprocess": "seed"}
+_OURS_NET = {"encoder": "set", "preprocess": "floor"}
+METHOD_NOTES = [
+    "## What is the paper's and what is ours", "",
+    "- Paper (Ji et al. 2019, §4.2-4.3): the coordinatewise 2-layer LSTM/GRU with 20 units and a linear head; inputs "
+    "divided by the per-coordinate L2 norm across workers, normalised entries below e^-p replaced by e^-p (p = 10), the "
+    "output multiplied back; ARNN's extra input is each worker's loss on a small public batch; meta-loss = sum of the "
+    "training losses over the unroll (T = 20), truncated BPTT without second derivatives, Adam; best weights on "
+    "validation. Methods `rnn_lstm`, `rnn_gru`, `arnn_lstm`, `arnn_gru`.",
+    "- Our readings where the paper is silent: the aggregator's output is the aggregated gradient that the server's SGD "
+    "applies; ARNN's loss is taken after a trial SGD step along the worker's vector clipped to the norm of the server's "
+    "own public-batch gradient, fed as tanh(10 x relative change); Byzantine workers and attacks are drawn during "
+    "meta-training (RNN: 0 or 3 of 10 Byzantine; ARNN: 0, 3 or 7) from Gaussian, sign flip, constant and ALIE (z = 1).",
+    "- Ours, beyond the paper: `set_rnn_lstm`, `set_arnn_lstm`: a permutation-invariant encoder (shared per-worker "
+    "embedding, mean and softmax-attention pooling over workers, output = learned gain x attention-weighted average + "
+    "correction; `floor` pre-processing; the ARNN variant also keeps a running mean of each worker's loss feature), so "
+    "one trained aggregator serves any number of workers.",
+]
+RECIPES: dict[str, dict[str, Any]] = {
+    # the paper's networks: RNN sees the gradients, ARNN also the public-batch losses
+    "rnn_lstm": {"aggregator": {**_PAPER_NET, "cell": "lstm"}, "counts": [0, 3], "meta": {"trajectories": 50}},
+    "rnn_gru": {"aggregator": {**_PAPER_NET, "cell": "gru"}, "counts": [0, 3], "meta": {"trajectories": 50}},
+    "arnn_lstm": {"aggregator": {**_PAPER_NET, "cell": "lstm", "loss_info": True}, "counts": [0, 3, 7]},
+    "arnn_gru": {"aggregator": {**_PAPER_NET, "cell": "gru", "loss_info": True}, "counts": [0, 3, 7], "meta": {"trajectories": 50}},
+    # ours: permutation-invariant, any number of workers
+    "set_rnn_lstm": {"aggregator": {**_OURS_NET, "cell": "lstm"}, "counts": [0, 3], "meta": {"lr": 0.03, "trajectories": 50}},
+    "set_arnn_lstm": {"aggregator": {**_OURS_NET, "cell": "lstm", "loss_info": True, "loss_memory": True},
+                      "counts": [0, 3, 7], "meta": {"lr": 0.03}},
+    # Fig. 7: the paper's fixed-order RNN meta-trained for the 12 workers of the heterogeneous systems
+    "rnn_lstm_m12": {"aggregator": {**_PAPER_NET, "cell": "lstm"}, "counts": [0, 3], "task": {"workers": 12}},
+}
+PAPER_METHODS = ["rnn_lstm", "rnn_gru", "arnn_lstm", "arnn_gru"]
+TRAIN_ORDER = ["arnn_lstm", "set_arnn_lstm", "rnn_lstm", "set_rnn_lstm", "arnn_gru", "rnn_gru", "rnn_lstm_m12"]
+
+
+def recipe(method: str, data_dir: str | None, quick: bool) -> dict[str, Any]:
+    """The meta-training sections of ``method`` (``quick``: a tiny version on the digits data)."""
+    r = RECIPES[method]
+    task = {"data": "mnist", "model": "mlp20", "workers": WORKERS, "batch_size": BATCH, "server_lr": SERVER_LR,
+            "public_size": 1000, "public_batch": PUBLIC_BATCH, "steps": 100, "unroll": 20, "meta_batch": 128,
+            **({"data_dir": data_dir} if data_dir else {}), **r.get("task", {})}
+    meta = {"trajectories": 80, "lr": 0.01, "validate_every": 20, "patience": 0, "threads": 1, "seed": 0, **r.get("meta", {})}
+    if quick:
+        task.update(data="digits", steps=20, unroll=10, public_size=200, data_dir=None)
+        task = {k: v for k, v in task.items() if v is not None}
+        meta.update(trajectories=4, validate_every=2)
+    return {"method": method, "aggregator": dict(r["aggregator"]), "task": task,
+            "byzantine": {"counts": r["counts"], "attacks": TRAIN_ATTACKS}, "meta": meta}
+
+
+def _train_one(args: tuple[str, str | None, bool, str]) -> dict[str, Any]:
+    method, data_dir, quick, out = args
+    torch.set_num_threads(1)
+    return meta_train(from_sections(recipe(method, data_dir, quick)), out, progress=False, resume=True)
+
+
+def ensure_aggregators(methods: list[str], root: Path, data_dir: str | None, quick: bool, jobs: int = 2) -> dict[str, Path]:
+    """Folders of the trained ``methods`` under ``root``, meta-training (in parallel) those not there yet."""
+    todo = sorted((m for m in methods if not (root / m / "card.json").is_file()), key=TRAIN_ORDER.index)
+    if todo:
+        print(f"meta-training {', '.join(todo)} into {root} ({jobs} at a time; a killed training resumes)", flush=True)
+        with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=get_context("spawn")) as ex:
+            for card in ex.map(_train_one, [(m, data_dir, quick, str(root / m)) for m in todo]):
+                print(f"  {card['method']}: validation {card['validation_score']:.4f}, {card['meta_steps']} meta-steps, "
+                      f"{card['wall_time']:.0f} s", flush=True)
+    return {m: root / m for m in methods}
+
+
+# -- runs ---------------------------------------------------------------------------------------------------
+_DATASETS: dict[str, Dataset] = {}  # filled by the parent before forking the run processes
+
+
+def aggregator_overrides(method: str, agg_dirs: dict[str, Path], krum_f: int = 3) -> list[str]:
+    """Config overrides selecting ``method``: ``mean``, ``krum`` (declared f = krum_f) or a learned one."""
+    if method == "mean":
+        return ["aggregator.name=mean"]
+    if method == "krum":
+        return ["aggregator.name=krum", f"aggregator.f={krum_f}"]
+    return ["aggregator.name=learned", f"aggregator.path={json.dumps(str(agg_dirs[method]))}"]
+
+
+def run_curve(spec: dict[str, Any]) -> dict[str, Any]:
+    """One run from ``spec`` (``method``, ``setting``, ``overrides``, ``data_key``, ``rounds``, ``eval_every``)."""
+    torch.set_num_threads(1)
+    cfg = config_mod.load(None, spec["overrides"] + [f"train.rounds={spec['rounds']}", "train.threads=1"])
+    t0 = time.perf_counter()
+    sim = make_simulator(cfg, _DATASETS[spec["data_key"]])
+    loss0, acc0 = sim.evaluate()
+    curve, window = [[0, acc0, _finite(loss0), None]], []
+    for r in range(1, spec["rounds"] + 1):
+        window.append(sim.step())
+        if r % spec["eval_every"] == 0 or r == spec["rounds"]:
+            test_loss, acc = sim.evaluate()
+            curve.append([r, acc, _finite(test_loss), _finite(sum(window) / len(window))])
+            window = []
+    wall = time.perf_counter() - t0
+    return {"method": spec["method"], "setting": spec["setting"], "final_test_accuracy": curve[-1][1],
+            "best_test_accuracy": max(c[1] for c in curve), "final_train_loss": curve[-1][3],
+            "wall_time_s": round(wall, 2), "seconds_per_round": round(wall / spec["rounds"], 5),
+            "curve": curve}
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def run_all(specs: list[dict[str, Any]], datasets: dict[str, Dataset], jobs: int = 2) -> list[dict[str, Any]]:
+    _DATASETS.clear()
+    _DATASETS.update(datasets)
+    if jobs <= 1:
+        return [run_curve(s) for s in specs]
+    with ProcessPoolExecutor(jobs, mp_context=get_context("fork")) as ex:
+        return list(ex.map(run_curve, specs))
+
+
+def mean_over_seeds(rows: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any]) -> dict[Any, dict[str, float]]:
+    """Mean final/best accuracy and final training loss of the rows grouped by ``key``."""
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(key(r), []).append(r)
+    out = {}
+    for k, rs in groups.items():
+        losses = [r["final_train_loss"] for r in rs if r["final_train_loss"] is not None]
+        out[k] = {"final": sum(r["final_test_accuracy"] for r in rs) / len(rs),
+                  "best": sum(r["best_test_accuracy"] for r in rs) / len(rs),
+                  "loss": sum(losses) / len(losses) if len(losses) == len(rs) else float("nan"), "seeds": len(rs)}
+    return out
+
+
+def plot_curves(rows: list[dict[str, Any]], path: Path, title: str, label: Callable[[dict[str, Any]], str] = lambda r: r["method"]) -> Path:
+    """Training loss and test accuracy against rounds, one line per label (mean over seeds)."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(label(r), []).append(r)
+    for name, rs in groups.items():
+        rounds = [c[0] for c in rs[0]["curve"]]
+        acc = [100 * sum(r["curve"][i][1] for r in rs) / len(rs) for i in range(len(rounds))]
+        ax_acc.plot(rounds, acc, label=name)
+        pts = [(c[0], [r["curve"][i][3] for r in rs]) for i, c in enumerate(rs[0]["curve"]) if c[3] is not None]
+        pts = [(x, sum(v) / len(v)) for x, v in pts if all(t is not None for t in v)]
+        if pts:
+            ax_loss.plot([p[0] for p in pts], [p[1] for p in pts], label=name)
+    ax_loss.set(xlabel="round", ylabel="honest training loss", title="training loss", yscale="log")
+    ax_acc.set(xlabel="round", ylabel="test accuracy (%)", title="test accuracy", ylim=(0, 100))
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+    ax_acc.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def card_summary(agg_dirs: dict[str, Path]) -> str:
+    """A markdown table of the aggregators used: validation score, meta-steps, training time."""
+    lines = ["| aggregator | network | trained with Byzantine counts | validation score | meta-steps | training time (s) | meta-steps/s |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for m, d in agg_dirs.items():
+        c = json.loads((d / "card.json").read_text())
+        n = c["network"]
+        net = f"{n['encoder']}, {n['cell']} {n['layers']}x{n['hidden']}, {c['preprocess']}" + (", loss info" if n["loss_info"] else "")
+        counts = c["training_config"]["byzantine"]["counts"]
+        lines.append(f"| {m} | {net} | {counts} | {c['validation_score']:.4f} | {c['meta_steps']} | {c['wall_time']:.0f} | "
+                     f"{c['meta_steps_per_second']:.2f} |")
+    return "\n".join(lines)

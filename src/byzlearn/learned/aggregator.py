@@ -1,0 +1,147 @@
+"""A meta-trained aggregator as a rule of the catalogue: ``aggregator.name = "learned"``, ``path = DIR``.
+
+The folder is what ``byzlearn meta-train`` writes: ``aggregator.safetensors`` (the network's
+weights) and ``card.json`` (architecture, pre-processing, output convention, training settings,
+validation score). The recurrent state of every coordinate persists across rounds and is saved in
+the run's checkpoint (``state_dict``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from ..aggregators.base import AGGREGATORS, AggregationContext, Aggregator
+from ..registry import ConfigError
+from .network import CoordinatewiseRNN, State
+from .preprocess import loss_features, normalise, public_grad_norm, trial_points
+
+WEIGHTS, CARD = "aggregator.safetensors", "card.json"
+MEMORY_DECAY = 0.9  # running mean of the loss features (loss_memory)
+FORMAT = "byzlearn-learned-aggregator/1"
+
+
+def save_aggregator(net: CoordinatewiseRNN, card: dict[str, Any], out: str | Path) -> Path:
+    """Write the network's weights (safetensors) and its card (JSON) into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(out / WEIGHTS))
+    full = {"format": FORMAT, "network": net.hyperparameters(), **card}
+    (out / CARD).write_text(json.dumps(full, indent=1) + "\n")
+    return out
+
+
+def load_aggregator(path: str | Path) -> tuple[CoordinatewiseRNN, dict[str, Any]]:
+    """The network and card saved in ``path`` (raises ``ConfigError`` naming what is missing)."""
+    path = Path(path)
+    missing = [name for name in (WEIGHTS, CARD) if not (path / name).is_file()]
+    if missing:
+        raise ConfigError(
+            f"aggregator.path = {str(path)!r} holds no trained aggregator (missing {', '.join(missing)}); "
+            "train one with: byzlearn meta-train CONFIG --out DIR"
+        )
+    card = json.loads((path / CARD).read_text())
+    if card.get("format") != FORMAT:
+        raise ConfigError(f"{str(path / CARD)!r} is not a byzlearn learned-aggregator card (format {card.get('format')!r})")
+    net = CoordinatewiseRNN(**card["network"])
+    net.load_state_dict(load_file(str(path / WEIGHTS)))
+    net.eval()
+    return net, card
+
+
+def learned_update(net: CoordinatewiseRNN, G: Tensor, state: State, card: dict[str, Any],
+                   losses: Tensor | None = None) -> tuple[Tensor, State]:
+    """The aggregated vector ``A * o`` (``Tensor[d]``) for ``G: Tensor[n, d]``, and the new state.
+
+    Differentiable in the network's weights (meta-training calls it with autograd on). ``losses``
+    are ``[base, l_1..l_n]`` public-batch losses for ARNN. With the paper's fixed-order encoder,
+    fewer than M rows (dropped messages) are padded with zero rows, as a lost message counts as a
+    zero gradient (paper, footnote 1).
+    """
+    M = net.workers
+    if net.encoder == "concat" and G.shape[0] < M:
+        G = torch.cat([G, G.new_zeros(M - G.shape[0], G.shape[1])], dim=0)
+        if losses is not None:
+            losses = torch.cat([losses, losses[:1].expand(M + 1 - losses.shape[0])])
+    X, A = normalise(G, card["p"], card["preprocess"])
+    dtype = next(net.parameters()).dtype
+    lf = loss_features(losses, card["loss_scale"]).to(dtype) if net.loss_info else None
+    k = net.recurrent_tensors
+    extra: State = []
+    if net.loss_memory:  # the running mean of each worker's loss feature rides at the end of the state
+        assert lf is not None
+        old = state[k] if len(state) > k and state[k].shape == lf.shape else torch.zeros_like(lf)
+        memory = MEMORY_DECAY * old + (1 - MEMORY_DECAY) * lf
+        lf, extra = torch.stack([lf, memory], dim=1), [memory]
+    o, rnn_state = net(X.to(dtype), lf, state[:k])
+    return A * o.to(A.dtype), rnn_state + extra
+
+
+def probe_losses(public_loss: Callable[[Tensor], Tensor], theta: Tensor, G: Tensor, probe_lr: float, probe: str,
+                 differentiable: bool = False, ref_norm: float | None = None) -> Tensor:
+    """ARNN's additional loss information: ``[base, l_1..l_M]`` on one public batch.
+
+    Constants (no graph) by default. ``differentiable=True`` (the white-box attack) keeps the graph
+    from ``G`` to the trial losses; ``theta`` and the clipped probe's reference norm stay constants.
+    ``ref_norm``: that norm when already known (else one extra public-batch gradient computes it).
+    """
+    ref = (ref_norm if ref_norm is not None else public_grad_norm(public_loss, theta)) if probe == "clipped" else None
+    with torch.set_grad_enabled(differentiable):
+        return torch.as_tensor(public_loss(trial_points(theta.detach(), G, probe_lr, probe, ref))).reshape(-1)
+
+
+@AGGREGATORS.register("learned")
+class LearnedAggregator(Aggregator):
+    """Learned RNN/ARNN aggregator (Ji et al., IJCAI 2019), meta-trained by ``byzlearn meta-train``; path = its folder."""
+
+    def __init__(self, path: str, f: int = 0, probe_lr: float | None = None):
+        super().__init__(f)
+        self.path = path
+        self.net, self.card = load_aggregator(path)
+        self.name = self.card.get("method", "learned")
+        self.probe_lr = float(probe_lr if probe_lr is not None else self.card["probe_lr"])
+        self.needs_public_batch = self.net.loss_info
+        self.state: State | None = None
+
+    def requirement(self, n: int) -> str | None:
+        if self.net.encoder == "concat" and n > self.net.workers:
+            return f"at most the {self.net.workers} workers it was trained for (its input is one slot per worker)"
+        return None
+
+    def public_losses(self, G: Tensor, ctx: AggregationContext) -> Tensor | None:
+        if not self.net.loss_info:
+            return None
+        if ctx.public_loss is None or ctx.params is None:
+            raise ConfigError(f"{self.name} reads each worker's loss on the server's public batch: set data.public_size > 0")
+        with torch.no_grad():
+            return probe_losses(ctx.public_loss, ctx.params, G, self.probe_lr, self.card.get("probe", "step"))
+
+    @torch.no_grad()
+    def aggregate(self, G: Tensor, ctx: AggregationContext) -> Tensor:
+        net = self.net
+        dtype = next(net.parameters()).dtype
+        if next(net.parameters()).device != G.device:
+            net.to(G.device)
+        if self.state is None or self.state[0].shape[0] != G.shape[1]:
+            self.state = net.initial_state(G.shape[1], G.device, dtype)
+        u, self.state = learned_update(net, G, self.state, self.card, self.public_losses(G, ctx))
+        if self.card["output"] == "step":  # the network's output is the step itself: undo the server's SGD lr
+            if not ctx.lr:
+                raise ConfigError(f"{self.name} outputs the step itself; it needs the server optimiser's lr (optimizer.name = 'sgd')")
+            return -self.card["step_scale"] * u / ctx.lr
+        return u
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"state": None if self.state is None else [s.detach().cpu().clone() for s in self.state]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        s = state.get("state")
+        self.state = None if s is None else [t.clone() for t in s]
+
+    def __repr__(self) -> str:
+        return f"LearnedAggregator({self.path!r}, {self.name})"

@@ -1,0 +1,393 @@
+"""Meta-training of a learned aggregator by truncated BPTT: ``byzlearn meta-train CONFIG --out DIR``.
+
+Following Ji et al. (IJCAI 2019, §4.2) and L2L (Andrychowicz et al., NeurIPS 2016): a trajectory
+starts a fresh model (new initialisation, new Byzantine set and attack drawn from the config) and
+trains it for ``task.steps`` rounds with the aggregator in the loop. Every ``task.unroll`` = T
+rounds the meta-loss ``sum_{t=1..T} L(theta_t)`` (honest training loss on a fresh minibatch after
+each update) is back-propagated to the network's weights through the updates and the recurrent
+states, and Adam takes one step; then the graph is cut (truncated BPTT) and the trajectory goes
+on. The workers' gradients and public-batch losses are constants (the dashed edges of the paper's
+Fig. 2: no second derivatives). Validation trajectories with fixed seeds score the network every
+``meta.validate_every`` trajectories; the best weights are kept (early stopping with
+``meta.patience``) and saved with their card.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from ..config import Config, _check_fixed, from_dict
+from ..data import Dataset, load_dataset
+from ..registry import ConfigError
+from .aggregator import learned_update, probe_losses, save_aggregator
+from .network import CoordinatewiseRNN
+from .preprocess import PREPROCESS_FEATURES
+
+
+@dataclass
+class NetworkConfig:
+    cell: Literal["lstm", "gru"] = "lstm"
+    encoder: Literal["concat", "set"] = "concat"  # concat: the paper's (fixed M); set: ours (any M)
+    loss_info: bool = False  # ARNN: also read each worker's loss on the public batch
+    loss_memory: bool = False  # ours: also a running mean of each worker's loss feature
+    hidden: int = 20
+    layers: int = 2
+    embed: int = 16
+    preprocess: Literal["seed", "floor", "log_sign"] = "seed"
+    p: float = 10.0
+    output: Literal["gradient", "step"] = "gradient"
+    step_scale: float = 0.1
+    loss_scale: float = 10.0
+    probe: Literal["step", "clipped"] = "clipped"  # ARNN's trial point: theta - probe_lr * g_m (clipped to the public gradient's norm)
+    probe_lr: float = 0.0  # 0: the task's server_lr
+
+
+@dataclass
+class TaskConfig:
+    data: str = "mnist"
+    data_dir: str | None = None
+    model: str = "mlp20"
+    workers: int = 10
+    batch_size: int = 32
+    partition: Literal["iid", "dirichlet", "labels"] = "iid"
+    public_size: int = 1000
+    public_batch: int = 16
+    server_lr: float = 0.5
+    steps: int = 100
+    unroll: int = 20
+    meta_batch: int = 128
+
+
+@dataclass
+class ByzantineConfig:
+    counts: list = field(default_factory=lambda: [0])
+    attacks: list = field(default_factory=lambda: ["none"])
+
+
+@dataclass
+class MetaConfig:
+    trajectories: int = 100
+    lr: float = 0.003
+    grad_clip: float = 1.0
+    seed: int = 0
+    validate_every: int = 10
+    patience: int = 5
+    threads: int = 0
+
+
+@dataclass
+class MetaTrainConfig:
+    aggregator: NetworkConfig = field(default_factory=NetworkConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    byzantine: ByzantineConfig = field(default_factory=ByzantineConfig)
+    meta: MetaConfig = field(default_factory=MetaConfig)
+    method: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: dataclasses.asdict(getattr(self, k)) for k in ("aggregator", "task", "byzantine", "meta")}
+
+
+SECTIONS = {"aggregator": NetworkConfig, "task": TaskConfig, "byzantine": ByzantineConfig, "meta": MetaConfig}
+
+
+def method_name(net: NetworkConfig) -> str:
+    """``rnn_lstm``, ``arnn_gru``, ... (the paper's); ``set_rnn_lstm``, ``set_arnn_lstm`` for ours."""
+    base = f"{'arnn' if net.loss_info else 'rnn'}_{net.cell}"
+    return base if net.encoder == "concat" else f"set_{base}"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> MetaTrainConfig:
+    """Read a meta-training TOML (sections aggregator, task, byzantine, meta; every key defaulted)."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        raw = tomllib.loads(p.read_text())
+    for item in overrides or []:
+        section = item.split("=", 1)[0].split(".", 1)[0].strip()
+        if section not in SECTIONS:
+            raise ConfigError(f"--set {item!r}: unknown section {section!r}; sections: {', '.join(SECTIONS)}")
+    return from_sections(_apply(raw, overrides or []))
+
+
+def from_sections(raw: dict[str, Any]) -> MetaTrainConfig:
+    """Check and build a config from nested dicts (``method`` optional: the default name follows the network)."""
+    raw = dict(raw)
+    method = raw.pop("method", None)
+    for section in raw:
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown section [{section}] in a meta-training config; sections: {', '.join(SECTIONS)}")
+    cfg = MetaTrainConfig(**{s: _check_fixed(s, cls, raw.get(s, {})) for s, cls in SECTIONS.items()})
+    cfg.method = method or method_name(cfg.aggregator)
+    _validate(cfg)
+    return cfg
+
+
+def _apply(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    from ..config import parse_value
+
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for item in overrides:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"--set expects section.key=value, got {item!r}")
+        path, text = item.split("=", 1)
+        section, key = path.strip().split(".", 1)
+        raw.setdefault(section, {})[key.strip()] = parse_value(text.strip())
+    return raw
+
+
+def _validate(cfg: MetaTrainConfig) -> None:
+    t, b, m = cfg.task, cfg.byzantine, cfg.meta
+    for key, value in [("task.workers", t.workers), ("task.steps", t.steps), ("task.unroll", t.unroll),
+                       ("task.batch_size", t.batch_size), ("task.meta_batch", t.meta_batch),
+                       ("meta.trajectories", m.trajectories), ("meta.validate_every", m.validate_every)]:
+        if value < 1:
+            raise ConfigError(f"{key} = {value} must be >= 1")
+    if not b.counts or any(not isinstance(c, int) or not 0 <= c < t.workers for c in b.counts):
+        raise ConfigError(f"byzantine.counts = {b.counts!r}: each must be an integer in [0, {t.workers - 1}]")
+    if not b.attacks:
+        raise ConfigError("byzantine.attacks must list at least one attack (a name or a table {name = ..., ...})")
+    if cfg.aggregator.loss_info and t.public_size < 1:
+        raise ConfigError("an ARNN aggregator (aggregator.loss_info = true) needs a public batch: set task.public_size > 0")
+    for cfg_run in _run_configs(cfg, 0):  # every (count, attack) pair must be a valid run
+        from ..engine.validate import validate
+
+        validate(cfg_run)
+
+
+def _attack_table(a: Any) -> dict[str, Any]:
+    return {"name": a} if isinstance(a, str) else dict(a)
+
+
+def _run_configs(cfg: MetaTrainConfig, seed: int) -> list[Config]:
+    """The run config of every (Byzantine count, attack) pair the trajectories draw from."""
+    out, seen = [], set()
+    for count, attack in itertools.product(cfg.byzantine.counts, cfg.byzantine.attacks):
+        table = _attack_table(attack) if count else {"name": "none"}
+        key = (count, json.dumps(table, sort_keys=True))
+        if key not in seen:
+            seen.add(key)
+            out.append(run_config(cfg, count, table, seed))
+    return out
+
+
+def run_config(cfg: MetaTrainConfig, byzantine: int, attack: dict[str, Any], seed: int) -> Config:
+    """The simulator config of one trajectory."""
+    t = cfg.task
+    return from_dict({
+        "data": {"name": t.data, "partition": t.partition, "public_size": t.public_size, "public_batch": t.public_batch,
+                 **({"data_dir": t.data_dir} if t.data_dir else {})},
+        "model": {"name": t.model},
+        "workers": {"n": t.workers, "byzantine": byzantine, "batch_size": t.batch_size},
+        "attack": attack,
+        "aggregator": {"name": "mean", "f": 0},
+        "optimizer": {"name": "sgd", "lr": t.server_lr},
+        "train": {"seed": seed, "rounds": t.steps, "threads": cfg.meta.threads},
+    })
+
+
+def build_network(cfg: MetaTrainConfig) -> CoordinatewiseRNN:
+    a = cfg.aggregator
+    return CoordinatewiseRNN(cell=a.cell, encoder=a.encoder, workers=cfg.task.workers, features=PREPROCESS_FEATURES[a.preprocess],
+                             loss_info=a.loss_info, hidden=a.hidden, layers=a.layers, embed=a.embed, loss_memory=a.loss_memory)
+
+
+def card_of(cfg: MetaTrainConfig) -> dict[str, Any]:
+    a = cfg.aggregator
+    return {"method": cfg.method, "preprocess": a.preprocess, "p": a.p, "output": a.output, "step_scale": a.step_scale,
+            "loss_scale": a.loss_scale, "probe": a.probe, "probe_lr": a.probe_lr or cfg.task.server_lr, "server_lr": cfg.task.server_lr}
+
+
+class Trajectory:
+    """One optimisee run with the aggregator in the loop (a simulator whose update is differentiable)."""
+
+    def __init__(self, cfg: MetaTrainConfig, net: CoordinatewiseRNN, run_cfg: Config, dataset: Dataset):
+        from ..engine.simulator import Simulator
+
+        self.cfg, self.net, self.card = cfg, net, card_of(cfg)
+        self.sim = Simulator(run_cfg, dataset)
+        sim = self.sim
+        train = torch.ones(sim.y_train.shape[0], dtype=torch.bool)
+        train[sim.public_idx] = False
+        self.pool = train.nonzero().squeeze(1)
+        self.gen = torch.Generator().manual_seed(run_cfg.train.seed + 7)
+        self.theta: Tensor = sim.theta.detach().clone()
+        self.state = net.initial_state(sim.d)
+
+    def step(self) -> Tensor:
+        """One round; returns the (differentiable) honest training loss after the update."""
+        sim, card = self.sim, self.card
+        sim.theta = self.theta.detach()  # the workers' gradients are constants (no second derivatives)
+        ctx = sim.aggregation_context()
+        G, _ = sim.gradient_batch(ctx)
+        losses = None
+        if self.net.loss_info:
+            losses = probe_losses(sim.public_loss, sim.theta, G, card["probe_lr"], card["probe"])
+        u, self.state = learned_update(self.net, G, self.state, card, losses)
+        if card["output"] == "step":
+            self.theta = self.theta + card["step_scale"] * u
+        else:
+            self.theta = self.theta - card["server_lr"] * u
+        sim.round += 1
+        pick = self.pool[torch.randint(self.pool.numel(), (self.cfg.task.meta_batch,), generator=self.gen)]
+        return F.cross_entropy(sim.model(self.theta, sim.x_train[pick]), sim.y_train[pick])
+
+    def truncate(self) -> None:
+        self.theta = self.theta.detach()
+        self.state = [s.detach() for s in self.state]
+
+
+def _draw(cfg: MetaTrainConfig, index: int) -> tuple[int, dict[str, Any]]:
+    g = torch.Generator().manual_seed(cfg.meta.seed * 1_000_003 + index)
+    b = cfg.byzantine
+    count = b.counts[int(torch.randint(len(b.counts), (1,), generator=g))]
+    attack = _attack_table(b.attacks[int(torch.randint(len(b.attacks), (1,), generator=g))])
+    return count, (attack if count else {"name": "none"})
+
+
+@torch.no_grad()
+def validation_score(cfg: MetaTrainConfig, net: CoordinatewiseRNN, dataset: Dataset) -> float:
+    """Mean honest training loss over fixed validation trajectories, one per (count, attack) pair.
+
+    Each step's loss is capped at ``2 ln(classes)`` (twice a uniform guess), so that one diverging
+    trajectory counts as badly as a failed one instead of drowning every other setting's score.
+    """
+    net.eval()
+    cap = 2 * math.log(dataset.num_classes)
+    total, count = 0.0, 0
+    for i, run_cfg in enumerate(_run_configs(cfg, seed=900_000 + cfg.meta.seed * 100)):
+        run_cfg.train.seed = 900_000 + cfg.meta.seed * 100 + i
+        traj = Trajectory(cfg, net, run_cfg, dataset)
+        for _ in range(cfg.task.steps):
+            loss = float(traj.step())
+            total += min(loss, cap) if math.isfinite(loss) else cap
+            count += 1
+    net.train()
+    return total / count
+
+
+CHECKPOINT = "meta_checkpoint.pt"
+
+
+def meta_train(cfg: MetaTrainConfig, out: str | Path, progress: bool | None = None, dataset: Dataset | None = None,
+               resume: bool = False, stop_after: int | None = None) -> dict[str, Any] | None:
+    """Meta-train, save the best network and its card in ``out``; returns the card.
+
+    At every validation the whole meta-training state (weights, Adam, best weights, history) is
+    checkpointed to ``out/meta_checkpoint.pt``; ``resume=True`` continues from it. ``stop_after``
+    (tests): return ``None`` after that many trajectories, as if killed right after a checkpoint.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.meta.threads > 0:
+        torch.set_num_threads(cfg.meta.threads)
+    torch.manual_seed(cfg.meta.seed)
+    ds = dataset if dataset is not None else load_dataset(cfg.task.data, cfg.task.data_dir, True)
+    net = build_network(cfg)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.meta.lr)
+    if resume and (out / CHECKPOINT).exists():
+        ck = torch.load(out / CHECKPOINT, weights_only=False)
+        if ck["config"] != cfg.to_dict():
+            raise ConfigError(f"{str(out / CHECKPOINT)!r} was written by another meta-training config; use a new --out")
+        net.load_state_dict(ck["net"])
+        opt.load_state_dict(ck["opt"])
+        torch.set_rng_state(ck["rng"])
+        best, history, first, stale, meta_steps, elapsed = ck["best"], ck["history"], ck["next"], ck["stale"], ck["meta_steps"], ck["elapsed"]
+    else:
+        best = {"score": validation_score(cfg, net, ds), "trajectory": 0, "weights": {k: v.clone() for k, v in net.state_dict().items()}}
+        history = [{"trajectory": 0, "validation": best["score"]}]
+        first, stale, meta_steps, elapsed = 1, 0, 0, 0.0
+    start = time.perf_counter() - elapsed
+    bar = tqdm(range(first, cfg.meta.trajectories + 1), disable=None if progress is None else not progress,
+               desc=f"meta-train {cfg.method}", unit="traj")
+    unrolls = math.ceil(cfg.task.steps / cfg.task.unroll)
+    for k in bar:
+        count, attack = _draw(cfg, k)
+        traj = Trajectory(cfg, net, run_config(cfg, count, attack, seed=cfg.meta.seed * 100_000 + k), ds)
+        traj_loss, skipped = 0.0, 0
+        for _ in range(unrolls):
+            T = min(cfg.task.unroll, cfg.task.steps - traj.sim.round)
+            meta_loss = sum(traj.step() for _ in range(T))
+            opt.zero_grad()
+            ok = bool(torch.isfinite(meta_loss))
+            if ok:
+                meta_loss.backward()
+                ok = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in net.parameters())
+            if ok:
+                if cfg.meta.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.meta.grad_clip)
+                opt.step()
+                meta_steps += 1
+            else:  # a diverged unroll gives no usable meta-gradient
+                skipped += 1
+            loss_value = float(meta_loss.detach())
+            traj_loss += loss_value / T if math.isfinite(loss_value) else float("nan")
+            traj.truncate()
+        row: dict[str, Any] = {"trajectory": k, "byzantine": count, "attack": attack["name"],
+                               "meta_loss": traj_loss / unrolls, "skipped_unrolls": skipped}
+        history.append(row)
+        (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")  # progress, readable while it trains
+        if k % cfg.meta.validate_every == 0 or k == cfg.meta.trajectories:
+            row["validation"] = validation_score(cfg, net, ds)
+            if row["validation"] < best["score"]:
+                best = {"score": row["validation"], "trajectory": k, "weights": {n: v.clone() for n, v in net.state_dict().items()}}
+                stale = 0
+            else:
+                stale += 1
+            bar.set_postfix(val=f"{row['validation']:.3f}", best=f"{best['score']:.3f}")
+            _checkpoint(out, cfg, net, opt, best, history, k + 1, stale, meta_steps, time.perf_counter() - start)
+        if cfg.meta.patience > 0 and stale >= cfg.meta.patience:
+            break
+        if stop_after is not None and k - first + 1 >= stop_after:
+            bar.close()
+            return None
+    bar.close()
+    wall = time.perf_counter() - start
+    net.load_state_dict(best["weights"])
+    card = {**card_of(cfg), "validation_score": best["score"], "best_trajectory": best["trajectory"],
+            "trajectories_run": history[-1]["trajectory"], "meta_steps": meta_steps, "wall_time": round(wall, 2),
+            "meta_steps_per_second": round(meta_steps / wall, 4) if wall > 0 else None, "training_config": cfg.to_dict()}
+    save_aggregator(net, card, out)
+    plot_history(history, out / "meta_loss.png", cfg.method)
+    return json.loads((out / "card.json").read_text())
+
+
+def _checkpoint(out: Path, cfg: MetaTrainConfig, net: CoordinatewiseRNN, opt: torch.optim.Optimizer, best: dict[str, Any],
+                history: list[dict[str, Any]], next_k: int, stale: int, meta_steps: int, elapsed: float) -> None:
+    (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+    state = {"config": cfg.to_dict(), "net": net.state_dict(), "opt": opt.state_dict(), "best": best, "history": history,
+             "next": next_k, "stale": stale, "meta_steps": meta_steps, "elapsed": elapsed, "rng": torch.get_rng_state()}
+    tmp = out / (CHECKPOINT + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(out / CHECKPOINT)
+
+
+def plot_history(history: list[dict[str, Any]], path: Path, title: str) -> Path:
+    from ..experiments.plots import plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    tr = [h for h in history if "meta_loss" in h and math.isfinite(h["meta_loss"])]
+    ax.plot([h["trajectory"] for h in tr], [h["meta_loss"] for h in tr], ".", alpha=0.5, label="meta-loss per step (training trajectory)")
+    va = [h for h in history if "validation" in h]
+    ax.plot([h["trajectory"] for h in va], [h["validation"] for h in va], "-o", color="tab:red", label="validation score")
+    ax.set(xlabel="trajectory", ylabel="mean honest training loss", title=f"meta-training {title}", yscale="log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
