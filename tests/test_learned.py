@@ -226,9 +226,8 @@ def test_untrained_set_aggregator_is_the_mean():
 
 
 def test_loss_memory_is_a_running_mean_in_the_state():
-    from byzlearn.learned.aggregator import MEMORY_DECAY
-
-    net = CoordinatewiseRNN(encoder="set", loss_info=True, loss_memory=True)
+    net = CoordinatewiseRNN(encoder="set", loss_info=True, loss_memory=True, memory_decay=0.8)
+    MEMORY_DECAY = 0.8
     G = torch.randn(3, 20)
     l1, l2 = torch.tensor([2.0, 1.9, 2.0, 3.0]), torch.tensor([2.0, 2.0, 1.9, 3.0])
     _, s1 = learned_update(net, G, net.initial_state(20), CARD, l1)
@@ -270,3 +269,17 @@ def test_shipped_recipes_match_the_reproductions():
         shipped = load_config(root / f"{method}.toml")
         expected = from_sections(l2a.recipe(method, None, False))
         assert shipped.to_dict() == expected.to_dict() and shipped.method == method
+
+
+def test_a_finished_meta_training_can_be_extended(tmp_path):
+    """Resuming with a larger meta.trajectories continues where it stopped, as if run in one go."""
+    base = TINY + ["byzantine.counts=[0, 1]", 'byzantine.attacks=["gaussian"]']
+    meta_train(load_config(None, base + ["meta.trajectories=8"]), tmp_path / "one", progress=False)
+    meta_train(load_config(None, base + ["meta.trajectories=4"]), tmp_path / "two", progress=False)
+    card = meta_train(load_config(None, base + ["meta.trajectories=8"]), tmp_path / "two", progress=False, resume=True)
+    a, _ = load_aggregator(tmp_path / "one")
+    b, _ = load_aggregator(tmp_path / "two")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert card["trajectories_run"] == 8 and card["training_config"]["meta"]["trajectories"] == 8
+    with pytest.raises(ConfigError, match="only meta.trajectories"):
+        meta_train(load_config(None, base + ["meta.trajectories=8", "meta.lr=0.02"]), tmp_path / "two", resume=True)

@@ -22,7 +22,6 @@ from .network import CoordinatewiseRNN, State
 from .preprocess import loss_features, normalise, public_grad_norm, trial_points
 
 WEIGHTS, CARD = "aggregator.safetensors", "card.json"
-MEMORY_DECAY = 0.9  # running mean of the loss features (loss_memory)
 FORMAT = "byzlearn-learned-aggregator/1"
 
 
@@ -76,7 +75,7 @@ def learned_update(net: CoordinatewiseRNN, G: Tensor, state: State, card: dict[s
     if net.loss_memory:  # the running mean of each worker's loss feature rides at the end of the state
         assert lf is not None
         old = state[k] if len(state) > k and state[k].shape == lf.shape else torch.zeros_like(lf)
-        memory = MEMORY_DECAY * old + (1 - MEMORY_DECAY) * lf
+        memory = net.memory_decay * old + (1 - net.memory_decay) * lf
         lf, extra = torch.stack([lf, memory], dim=1), [memory]
     o, rnn_state = net(X.to(dtype), lf, state[:k])
     return A * o.to(A.dtype), rnn_state + extra

@@ -43,6 +43,8 @@ class NetworkConfig:
     encoder: Literal["concat", "set"] = "concat"  # concat: the paper's (fixed M); set: ours (any M)
     loss_info: bool = False  # ARNN: also read each worker's loss on the public batch
     loss_memory: bool = False  # ours: also a running mean of each worker's loss feature
+    memory_decay: float = 0.9  # its decay per round
+    loss_logit_scale: float = 20.0  # ours (set encoder): scale of the loss features' direct path to the attention
     hidden: int = 20
     layers: int = 2
     embed: int = 16
@@ -203,7 +205,8 @@ def run_config(cfg: MetaTrainConfig, byzantine: int, attack: dict[str, Any], see
 def build_network(cfg: MetaTrainConfig) -> CoordinatewiseRNN:
     a = cfg.aggregator
     return CoordinatewiseRNN(cell=a.cell, encoder=a.encoder, workers=cfg.task.workers, features=PREPROCESS_FEATURES[a.preprocess],
-                             loss_info=a.loss_info, hidden=a.hidden, layers=a.layers, embed=a.embed, loss_memory=a.loss_memory)
+                             loss_info=a.loss_info, hidden=a.hidden, layers=a.layers, embed=a.embed, loss_memory=a.loss_memory,
+                             loss_logit_scale=a.loss_logit_scale, memory_decay=a.memory_decay)
 
 
 def card_of(cfg: MetaTrainConfig) -> dict[str, Any]:
@@ -301,8 +304,9 @@ def meta_train(cfg: MetaTrainConfig, out: str | Path, progress: bool | None = No
     opt = torch.optim.Adam(net.parameters(), lr=cfg.meta.lr)
     if resume and (out / CHECKPOINT).exists():
         ck = torch.load(out / CHECKPOINT, weights_only=False)
-        if ck["config"] != cfg.to_dict():
-            raise ConfigError(f"{str(out / CHECKPOINT)!r} was written by another meta-training config; use a new --out")
+        if _without_budget(ck["config"]) != _without_budget(cfg.to_dict()):
+            raise ConfigError(f"{str(out / CHECKPOINT)!r} was written by another meta-training config; use a new --out "
+                              "(only meta.trajectories may change: a larger value extends a finished training)")
         net.load_state_dict(ck["net"])
         opt.load_state_dict(ck["opt"])
         torch.set_rng_state(ck["rng"])
@@ -364,6 +368,10 @@ def meta_train(cfg: MetaTrainConfig, out: str | Path, progress: bool | None = No
     save_aggregator(net, card, out)
     plot_history(history, out / "meta_loss.png", cfg.method)
     return json.loads((out / "card.json").read_text())
+
+
+def _without_budget(d: dict[str, Any]) -> dict[str, Any]:
+    return {**d, "meta": {k: v for k, v in d["meta"].items() if k != "trajectories"}}
 
 
 def _checkpoint(out: Path, cfg: MetaTrainConfig, net: CoordinatewiseRNN, opt: torch.optim.Optimizer, best: dict[str, Any],

@@ -32,7 +32,8 @@ Cell = Literal["lstm", "gru"]
 Encoder = Literal["concat", "set"]
 State = list[Tensor]
 # A forged row can be 1e4 times larger than the honest ones after normalisation; removing it from the
-# attention-weighted average needs logit gaps of ~15, which the loss-feature path reaches with weights of order 1.
+# attention-weighted average needs logit gaps of ~15, which the loss-feature path (scaled by this
+# default of ``loss_logit_scale``) reaches with weights of order 1.
 LOSS_LOGIT_SCALE = 20.0
 
 
@@ -47,7 +48,8 @@ class CoordinatewiseRNN(nn.Module):
     """
 
     def __init__(self, cell: Cell = "lstm", encoder: Encoder = "concat", workers: int = 10, features: int = 1,
-                 loss_info: bool = False, hidden: int = 20, layers: int = 2, embed: int = 16, loss_memory: bool = False):
+                 loss_info: bool = False, hidden: int = 20, layers: int = 2, embed: int = 16, loss_memory: bool = False,
+                 loss_logit_scale: float = LOSS_LOGIT_SCALE, memory_decay: float = 0.9):
         super().__init__()
         if cell not in ("lstm", "gru"):
             raise ValueError(f"cell must be 'lstm' or 'gru', got {cell!r}")
@@ -56,6 +58,7 @@ class CoordinatewiseRNN(nn.Module):
         self.cell, self.encoder, self.workers, self.features = cell, encoder, workers, features
         self.loss_info, self.hidden, self.layers, self.embed = loss_info, hidden, layers, embed
         self.loss_memory = loss_info and loss_memory
+        self.loss_logit_scale, self.memory_decay = float(loss_logit_scale), float(memory_decay)
         per_worker = features + int(loss_info) + int(self.loss_memory)
         if encoder == "concat":
             in_size = workers * per_worker
@@ -77,7 +80,8 @@ class CoordinatewiseRNN(nn.Module):
                         nn.init.zeros_(lin.bias)
 
     def hyperparameters(self) -> dict:
-        return {k: getattr(self, k) for k in ("cell", "encoder", "workers", "features", "loss_info", "hidden", "layers", "embed", "loss_memory")}
+        return {k: getattr(self, k) for k in ("cell", "encoder", "workers", "features", "loss_info", "hidden", "layers", "embed", "loss_memory",
+                                     "loss_logit_scale", "memory_decay")}
 
     @property
     def recurrent_tensors(self) -> int:
@@ -107,7 +111,7 @@ class CoordinatewiseRNN(nn.Module):
         logits = self.score(e).squeeze(-1)
         if self.score_loss is not None:
             # same for every coordinate; scaled so that Adam's steps reach decisive logits in few meta-steps
-            logits = logits + LOSS_LOGIT_SCALE * self.score_loss(X[0, :, self.features:]).squeeze(-1)
+            logits = logits + self.loss_logit_scale * self.score_loss(X[0, :, self.features:]).squeeze(-1)
         w = torch.softmax(logits, dim=1)  # [d, M], attention over workers
         x_att = (w * X[..., 0]).sum(1)  # [d]: attention-weighted average of the normalised values
         s_att = (w * X[..., 0].square()).sum(1).sqrt()  # [d]: attention-weighted RMS, the scale of the correction
