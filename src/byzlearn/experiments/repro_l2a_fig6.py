@@ -121,6 +121,10 @@ def _report(rows: list[dict[str, Any]], out: Path, settings: list, aggs: dict[st
         *table, "",
         "Below 85% at 7 of 10 Byzantine: " + "; ".join(f"{m}: {', '.join(fails(m, 7)) or 'none'}" for m in METHODS) + ".  ",
         "Below 85% at 3 of 10 Byzantine: " + "; ".join(f"{m}: {', '.join(fails(m, 3)) or 'none'}" for m in METHODS) + ".", "",
+        "Learned, then lost (best test accuracy >= 85% during the run, final below): "
+        + ("; ".join(f"{m} at {c} byz, {a}: best {100 * stats[(m, c, a)]['best']:.1f}, final {100 * stats[(m, c, a)]['final']:.1f}"
+                     for m in METHODS for c, a in cols if stats[(m, c, a)]["best"] >= 0.85 > stats[(m, c, a)]["final"]) or "none")
+        + ".", "",
         "Figures: `fig6_byz0.png`, `fig6_byz3.png`, `fig6_byz7.png` (loss and accuracy curves).", "",
         "## Against a white-box attacker (ours)", "",
         f"`attack.name = \"learned_whitebox\"` crafts the Byzantine rows each round by 10 Adam steps through the defender's "
