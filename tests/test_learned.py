@@ -283,3 +283,14 @@ def test_a_finished_meta_training_can_be_extended(tmp_path):
     assert card["trajectories_run"] == 8 and card["training_config"]["meta"]["trajectories"] == 8
     with pytest.raises(ConfigError, match="only meta.trajectories"):
         meta_train(load_config(None, base + ["meta.trajectories=8", "meta.lr=0.02"]), tmp_path / "two", resume=True)
+
+
+def test_meta_training_can_start_from_a_trained_aggregator(tmp_path):
+    base = TINY + ["meta.trajectories=4", "byzantine.counts=[0, 1]", 'byzantine.attacks=["gaussian"]']
+    first = meta_train(load_config(None, base), tmp_path / "a", progress=False)
+    meta_train(load_config(None, base + [f"meta.init={json.dumps(str(tmp_path / 'a'))}"]), tmp_path / "b", progress=False)
+    history = json.loads((tmp_path / "b" / "history.json").read_text())
+    assert history[0]["validation"] == pytest.approx(first["validation_score"], rel=1e-6)  # starts where a ended
+    with pytest.raises(ConfigError, match="another shape"):
+        meta_train(load_config(None, base + ["aggregator.hidden=8", f"meta.init={json.dumps(str(tmp_path / 'a'))}"]),
+                   tmp_path / "c", progress=False)

@@ -88,6 +88,7 @@ class MetaConfig:
     validate_every: int = 10
     patience: int = 5
     threads: int = 0
+    init: str = ""  # start from the weights of a trained aggregator folder (fine-tuning / curriculum); "": fresh
 
 
 @dataclass
@@ -301,6 +302,13 @@ def meta_train(cfg: MetaTrainConfig, out: str | Path, progress: bool | None = No
     torch.manual_seed(cfg.meta.seed)
     ds = dataset if dataset is not None else load_dataset(cfg.task.data, cfg.task.data_dir, True)
     net = build_network(cfg)
+    if cfg.meta.init:
+        from .aggregator import load_aggregator
+
+        try:
+            net.load_state_dict(load_aggregator(cfg.meta.init)[0].state_dict())
+        except RuntimeError as e:
+            raise ConfigError(f"meta.init = {cfg.meta.init!r} holds a network of another shape than [aggregator]: {e}") from e
     opt = torch.optim.Adam(net.parameters(), lr=cfg.meta.lr)
     if resume and (out / CHECKPOINT).exists():
         ck = torch.load(out / CHECKPOINT, weights_only=False)
