@@ -37,3 +37,15 @@ def assert_batched_gradients_match_autograd(sim, dataset, n):
         ref = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(module.parameters()))])
         torch.testing.assert_close(grads[w], ref, atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(losses[w], loss.detach())
+
+
+def run_full_and_resumed(cfg, tmp_path, stop_after):
+    """Run ``cfg`` to the end in ``tmp_path/full``, and in ``tmp_path/cut`` stopped after ``stop_after``
+    rounds then resumed. Returns the full run's summary and both runs' final simulator states."""
+    from byzlearn.experiments.runner import Run
+
+    full = Run.create(cfg, tmp_path / "full").execute(progress=False)
+    assert Run.create(cfg, tmp_path / "cut").execute(progress=False, stop_after=stop_after) is None
+    Run.resume(tmp_path / "cut").execute(progress=False)
+    state = lambda d: torch.load(tmp_path / d / "checkpoint.pt", weights_only=False)["simulator"]  # noqa: E731
+    return full, state("full"), state("cut")

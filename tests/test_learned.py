@@ -14,6 +14,7 @@ from byzlearn.learned import (
 )
 from byzlearn.learned.meta_train import load_config, meta_train
 from byzlearn.registry import ConfigError
+from conftest import run_full_and_resumed
 
 E10 = math.exp(-10)
 CARD = {"p": 10.0, "preprocess": "seed", "loss_scale": 10.0, "output": "gradient", "step_scale": 0.1, "probe_lr": 0.5, "server_lr": 0.5}
@@ -171,11 +172,7 @@ def test_learned_aggregator_in_a_run_resumes_with_its_state(tiny_arnn, tmp_path)
             f"aggregator.path={json.dumps(str(out))}", "data.public_size=200", "optimizer.lr=0.3",
             "train.rounds=30", "train.eval_every=10", "train.checkpoint_every=10", "train.threads=1"]
     cfg = C.load(None, over)
-    full = Run.create(cfg, tmp_path / "full").execute(progress=False)
-    assert Run.create(cfg, tmp_path / "cut").execute(progress=False, stop_after=15) is None
-    Run.resume(tmp_path / "cut").execute(progress=False)
-    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["simulator"]
-    b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["simulator"]
+    full, a, b = run_full_and_resumed(cfg, tmp_path, stop_after=15)
     assert torch.equal(a["theta"], b["theta"])
     assert all(torch.equal(x, y) for x, y in zip(a["aggregator"]["state"], b["aggregator"]["state"]))
     assert full["aggregator"] == "arnn_lstm" and full["final_test_accuracy"] > 0.25  # it learns (chance: 0.1)

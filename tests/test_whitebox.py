@@ -12,9 +12,9 @@ from byzlearn.attacks import ATTACKS
 from byzlearn.attacks.gradient import rows_of
 from byzlearn.attacks.whitebox import LearnedWhiteBoxAttack, WhiteBoxModel
 from byzlearn.engine.simulator import Simulator
-from byzlearn.experiments.runner import Run
 from byzlearn.learned.meta_train import load_config, meta_train
 from byzlearn.registry import ConfigError
+from conftest import run_full_and_resumed
 
 # a few meta-training trajectories on digits (seconds): the networks only need to be non-trivial
 TINY = ["task.data=digits", "task.workers=4", "task.steps=30", "task.unroll=10", "task.batch_size=16", "task.meta_batch=64",
@@ -140,12 +140,8 @@ def test_run_completes_and_resumes(trained, tmp_path):
     over = run_overrides(trained / "arnn_lstm", {"steps": 3}, extra=["train.rounds=12", "train.eval_every=4",
                                                                      "train.checkpoint_every=5"])
     cfg = C.load(None, over)
-    full = Run.create(cfg, tmp_path / "full").execute(progress=False)
+    full, a, b = run_full_and_resumed(cfg, tmp_path, stop_after=7)
     assert full["rounds"] == 12
-    assert Run.create(cfg, tmp_path / "cut").execute(progress=False, stop_after=7) is None
-    Run.resume(tmp_path / "cut").execute(progress=False)
-    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["simulator"]
-    b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["simulator"]
     assert torch.equal(a["theta"], b["theta"])
     assert all(torch.equal(x, y) for x, y in zip(a["aggregator"]["state"], b["aggregator"]["state"]))
 

@@ -15,7 +15,7 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import tomli_w
 
@@ -168,20 +168,25 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` overrides to a raw config dict (a new dict is returned)."""
-    raw = {k: dict(v) for k, v in raw.items()}
+def apply_overrides(raw: dict[str, Any], overrides: list[str], sections: Sequence[str] = tuple(SECTIONS),
+                    open_defaults: dict[str, dict[str, Any]] = OPEN_DEFAULTS) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides to a raw config dict (a new dict is returned).
+
+    ``sections`` and ``open_defaults`` (sections whose ``name`` picks a component) default to a run
+    config's; other config kinds (meta-training) pass their own.
+    """
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
     set_here: set[tuple[str, str]] = set()
     for item in overrides:
         if "=" not in item or "." not in item.split("=", 1)[0]:
             raise ConfigError(f"--set expects section.key=value (e.g. aggregator.name=krum), got {item!r}")
         path, text = item.split("=", 1)
         section, key = path.strip().split(".", 1)
-        if section not in SECTIONS:
-            raise ConfigError(f"--set {item!r}: unknown section {section!r}; sections: {', '.join(SECTIONS)}")
+        if section not in sections:
+            raise ConfigError(f"--set {item!r}: unknown section {section!r}; sections: {', '.join(sections)}")
         key, value = key.strip(), parse_value(text.strip())
-        if section in OPEN_DEFAULTS and key == "name":
-            current = raw.get(section, {}).get("name", OPEN_DEFAULTS[section]["name"])
+        if section in open_defaults and key == "name":
+            current = raw.get(section, {}).get("name", open_defaults[section]["name"])
             if current != value:  # switching component: the file's keys for the old one do not apply
                 kept = {k: v for k, v in raw.get(section, {}).items() if (section, k) in set_here}
                 raw[section] = kept
@@ -192,13 +197,17 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read a TOML config (or start from the defaults), apply overrides and check it."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
-        try:
-            raw = tomllib.loads(p.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from e
-    return from_dict(apply_overrides(raw, overrides or []))
+    return from_dict(apply_overrides(read_toml(path), overrides or []))
+
+
+def read_toml(path: str | Path | None) -> dict[str, Any]:
+    """The parsed TOML file ``path`` (``{}`` for none); ``ConfigError`` if it is missing or not valid TOML."""
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        return tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from e

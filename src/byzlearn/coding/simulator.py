@@ -31,7 +31,7 @@ skipped) live in the aggregator's state (checkpointed) and come out of ``extra_m
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -159,6 +159,16 @@ class DracoSimulator(Simulator):
         self.timers["attack"] += t1 - t0
         self.timers["decode"] += t2 - t1
         self.timed_rounds += 1
+        # the fallback costs one more message per worker: its own partition gradient
+        self.apply_decoded(total, status, lambda: self._forge(G.clone(), honest_ids, byz_ids, ctx), ctx)
+        self.round += 1
+        return float(losses.mean())
+
+    def apply_decoded(self, total: Tensor, status: DecodeStatus, fallback_batch: Callable[[], Tensor], ctx: Any) -> None:
+        """Count the decode ``status`` and update the model: with the decoded mean when it is trusted; else
+        with the fallback rule on the workers' own gradients (``fallback_batch()``, built only then; dropped
+        and non-finite rows discarded) when one is set and its requirement holds for the rows left; else
+        the round is skipped. The distributed server calls it with the code words that arrived."""
         c = self.aggregator.counters
         c["rounds_" + status.status] += 1
         c["errors_located"] += status.located
@@ -166,19 +176,20 @@ class DracoSimulator(Simulator):
         update = None
         if status.trusted:
             update = total / self.n
-        elif self.fallback_rule is not None:  # one more message per worker: its own partition gradient
+        elif self.fallback_rule is not None:
             c["fallback_used"] += 1
-            Gf = self._forge(G.clone(), honest_ids, byz_ids, ctx)
-            keep = torch.isfinite(Gf).all(dim=1)  # dropped (NaN) and non-finite messages are discarded
-            ctx.owns_batch = True
-            update = self.fallback_rule(Gf[keep], ctx)
+            Gf = fallback_batch()
+            Gf = Gf[torch.isfinite(Gf).all(dim=1)]
+            if Gf.shape[0] and self.fallback_rule.requirement(Gf.shape[0]) is None:
+                ctx.owns_batch = True
+                update = self.fallback_rule(Gf, ctx)
+            else:
+                c["rounds_skipped"] += 1
         else:
             c["rounds_skipped"] += 1
         if update is not None:
             self.theta.grad = update.to(self.theta.dtype)
             self.optimizer.step()
-        self.round += 1
-        return float(losses.mean())
 
     def extra_metrics(self) -> dict[str, Any]:
         """DRACO status counters (cumulative) and mean per-round times in ms of this session."""

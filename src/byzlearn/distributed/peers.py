@@ -84,6 +84,20 @@ class Instance:
     ready_from: set[int] = field(default_factory=set)
 
 
+
+
+def _vote(inst: Instance, peer: int, v: Tensor, senders: set[int], votes: dict[bytes, set[int]]) -> tuple[bytes, set[int]] | None:
+    """Record ``peer``'s ECHO or READY for ``v`` (its first only): the value's digest and who voted for it so far;
+    ``None`` for a repeated vote."""
+    if peer in senders:
+        return None
+    senders.add(peer)
+    dg = digest(v)
+    inst.payload.setdefault(dg, v)
+    who = votes.setdefault(dg, set())
+    who.add(peer)
+    return dg, who
+
 class Stalled(RuntimeError):
     pass
 
@@ -193,24 +207,18 @@ class PeerProcess:
             inst.echoed = True
             self._all(Kind.ECHO, key, v)
         elif kind == Kind.ECHO:
-            if peer in inst.echo_from:
+            vote = _vote(inst, peer, v, inst.echo_from, inst.echo)
+            if vote is None:
                 return
-            inst.echo_from.add(peer)
-            dg = digest(v)
-            inst.payload.setdefault(dg, v)
-            who = inst.echo.setdefault(dg, set())
-            who.add(peer)
+            dg, who = vote
             if len(who) >= self.thr and not inst.readied:
                 inst.readied = True
                 self._all(Kind.READY, key, inst.payload[dg])
         elif kind == Kind.READY:
-            if peer in inst.ready_from:
+            vote = _vote(inst, peer, v, inst.ready_from, inst.ready)
+            if vote is None:
                 return
-            inst.ready_from.add(peer)
-            dg = digest(v)
-            inst.payload.setdefault(dg, v)
-            who = inst.ready.setdefault(dg, set())
-            who.add(peer)
+            dg, who = vote
             if len(who) >= self.f + 1 and not inst.readied:
                 inst.readied = True
                 self._all(Kind.READY, key, inst.payload[dg])

@@ -186,27 +186,8 @@ class ServerEngine:
             M[w] = rows[w][: spec.D]
         M = M.to(sim.device)
         total, status = sim.decode(M)
-        c = sim.aggregator.counters
-        c["rounds_" + status.status] += 1
-        c["errors_located"] += status.located
-        sim.last_status = status
-        update = None
-        if status.trusted:
-            update = total / self.n
-        elif sim.fallback_rule is not None:
-            c["fallback_used"] += 1
-            Gf = torch.stack([rows[w][spec.D: spec.D + spec.d] for w in order]).to(device=sim.device, dtype=torch.float32)
-            Gf = Gf[torch.isfinite(Gf).all(dim=1)]
-            if Gf.shape[0] and sim.fallback_rule.requirement(Gf.shape[0]) is None:
-                ctx.owns_batch = True
-                update = sim.fallback_rule(Gf, ctx)
-            else:
-                c["rounds_skipped"] += 1
-        else:
-            c["rounds_skipped"] += 1
-        if update is not None:
-            sim.theta.grad = update.to(sim.theta.dtype)
-            sim.optimizer.step()
+        sim.apply_decoded(total, status, lambda: torch.stack([rows[w][spec.D: spec.D + spec.d] for w in order]).to(
+            device=sim.device, dtype=torch.float32), ctx)
 
     # -- the end ----------------------------------------------------------------------------------
     def close(self, grace: float = 3.0) -> bool:

@@ -40,6 +40,19 @@ def _generators(seed: int) -> dict[str, torch.Generator]:
     return {name: torch.Generator().manual_seed(seed * 1000 + i) for i, name in enumerate(STREAMS)}
 
 
+@torch.no_grad()
+def evaluate_model(model: FlatModel, theta: Tensor, x_test: Tensor, y_test: Tensor, batch_size: int) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` at ``theta`` on a test set, in batches of ``batch_size``."""
+    loss_sum, correct = 0.0, 0
+    for start in range(0, y_test.shape[0], batch_size):
+        x, y = x_test[start:start + batch_size], y_test[start:start + batch_size]
+        logits = model(theta, x)
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+    m = y_test.shape[0]
+    return loss_sum / m, correct / m
+
+
 class Simulator:
     """A run's whole state and its ``step`` (one round) on one device."""
 
@@ -195,18 +208,9 @@ class Simulator:
         """Engine-specific figures added to every metrics row and the summary (none here)."""
         return {}
 
-    @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
         """Test loss and accuracy of the current model on the whole test set."""
-        bs = self.cfg.train.eval_batch_size
-        loss_sum, correct = 0.0, 0
-        for start in range(0, self.y_test.shape[0], bs):
-            x, y = self.x_test[start:start + bs], self.y_test[start:start + bs]
-            logits = self.model(self.theta, x)
-            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(1) == y).sum())
-        m = self.y_test.shape[0]
-        return loss_sum / m, correct / m
+        return evaluate_model(self.model, self.theta, self.x_test, self.y_test, self.cfg.train.eval_batch_size)
 
     # -- checkpointing ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -116,17 +116,25 @@ def aggregator_overrides(method: str, agg_dirs: dict[str, Path], krum_f: int = 3
 
 
 def run_curve(spec: dict[str, Any]) -> dict[str, Any]:
-    """One run from ``spec`` (``method``, ``setting``, ``overrides``, ``data_key``, ``rounds``, ``eval_every``)."""
+    """One simulator run from ``spec`` (``method``, ``setting``, ``overrides``, ``data_key``, ``rounds``, ``eval_every``)."""
     torch.set_num_threads(1)
     cfg = config_mod.load(None, spec["overrides"] + [f"train.rounds={spec['rounds']}", "train.threads=1"])
     t0 = time.perf_counter()
-    sim = make_simulator(cfg, _DATASETS[spec["data_key"]])
-    loss0, acc0 = sim.evaluate()
+    return train_curve(make_simulator(cfg, _DATASETS[spec["data_key"]]), spec, t0)
+
+
+def train_curve(engine: Any, spec: dict[str, Any], t0: float) -> dict[str, Any]:
+    """Train ``engine`` (anything with ``step()`` and ``evaluate()``) for ``spec["rounds"]`` rounds; its results row.
+
+    ``curve`` holds ``[round, test accuracy, test loss, mean training loss since the last evaluation]``;
+    ``t0`` is when building the engine began (its cost counts in the wall time).
+    """
+    loss0, acc0 = engine.evaluate()
     curve, window = [[0, acc0, _finite(loss0), None]], []
     for r in range(1, spec["rounds"] + 1):
-        window.append(sim.step())
+        window.append(engine.step())
         if r % spec["eval_every"] == 0 or r == spec["rounds"]:
-            test_loss, acc = sim.evaluate()
+            test_loss, acc = engine.evaluate()
             curve.append([r, acc, _finite(test_loss), _finite(sum(window) / len(window))])
             window = []
     wall = time.perf_counter() - t0
@@ -140,13 +148,20 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def run_all(specs: list[dict[str, Any]], datasets: dict[str, Dataset], jobs: int = 2) -> list[dict[str, Any]]:
+def run_all(specs: list[dict[str, Any]], datasets: dict[str, Dataset], jobs: int = 2,
+            run: Callable[[dict[str, Any]], dict[str, Any]] = run_curve) -> list[dict[str, Any]]:
+    """``run(spec)`` for every spec, in ``jobs`` forked processes; runs read their data set from ``datasets[spec["data_key"]]``."""
     _DATASETS.clear()
     _DATASETS.update(datasets)
     if jobs <= 1:
-        return [run_curve(s) for s in specs]
+        return [run(s) for s in specs]
     with ProcessPoolExecutor(jobs, mp_context=get_context("fork")) as ex:
-        return list(ex.map(run_curve, specs))
+        return list(ex.map(run, specs))
+
+
+def dataset(key: str) -> Dataset:
+    """The data set ``run_all`` handed to the runs under ``key``."""
+    return _DATASETS[key]
 
 
 def mean_over_seeds(rows: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any]) -> dict[Any, dict[str, float]]:

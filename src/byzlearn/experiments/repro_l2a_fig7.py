@@ -18,11 +18,8 @@ system (10 workers) under ``mean``. Server SGD lr 0.5, batch 128 per worker, 500
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +28,7 @@ import torch
 from ..data import load_dataset
 from ..learned.heterogeneous import KINDS, HeterogeneousSimulator
 from . import l2a
+from .repro_l2a_fig4 import base_overrides
 from .reproduce import REPRODUCTIONS, machine, write_json
 
 LEARNED = ["rnn_lstm_m12", "set_rnn_lstm"]
@@ -41,49 +39,24 @@ CLAIM = ("the RNN aggregator can efficiently utilize gradients from different lo
          "learning model's performance")
 
 
-def _finite(x: float) -> float | None:
-    return l2a._finite(x)
-
-
 def run_hetero(spec: dict[str, Any]) -> dict[str, Any]:
     """One heterogeneous run (``method``, ``setting``, ``aggregator``, ``data_key``, ``seed``, ``rounds``, ``eval_every``)."""
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    sim = HeterogeneousSimulator(l2a._DATASETS[spec["data_key"]], spec["aggregator"], KINDS, SYSTEM_WORKERS, PICKED,
+    sim = HeterogeneousSimulator(l2a.dataset(spec["data_key"]), spec["aggregator"], KINDS, SYSTEM_WORKERS, PICKED,
                                  l2a.BATCH, l2a.SERVER_LR, spec["seed"])
-    loss0, acc0 = sim.evaluate()
-    curve, window = [[0, acc0, _finite(loss0), None]], []
-    for r in range(1, spec["rounds"] + 1):
-        window.append(sim.step())
-        if r % spec["eval_every"] == 0 or r == spec["rounds"]:
-            test_loss, acc = sim.evaluate()
-            curve.append([r, acc, _finite(test_loss), _finite(sum(window) / len(window))])
-            window = []
-    wall = time.perf_counter() - t0
-    return {"method": spec["method"], "setting": spec["setting"], "final_test_accuracy": curve[-1][1],
-            "best_test_accuracy": max(c[1] for c in curve), "final_train_loss": curve[-1][3],
-            "wall_time_s": round(wall, 2), "seconds_per_round": round(wall / spec["rounds"], 5),
-            "chosen_workers": sim.chosen, "curve": curve}
+    return {**l2a.train_curve(sim, spec, t0), "chosen_workers": sim.chosen}
 
 
 def _run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     return run_hetero(spec) if spec["setting"]["system"] == "heterogeneous" else l2a.run_curve(spec)
 
 
-def _run_all(specs: list[dict[str, Any]], datasets: dict[str, Any], jobs: int) -> list[dict[str, Any]]:
-    l2a._DATASETS.clear()  # the runs (l2a.run_curve's too) read the data set from there, inherited by fork
-    l2a._DATASETS.update(datasets)
-    if jobs <= 1:
-        return [_run_spec(s) for s in specs]
-    with ProcessPoolExecutor(jobs, mp_context=get_context("fork")) as ex:
-        return list(ex.map(_run_spec, specs))
-
-
 def _aggregator_section(method: str, aggs: dict[str, Path]) -> dict[str, Any]:
     return {"name": "mean"} if method == "mean" else {"name": "learned", "path": str(aggs[method])}
 
 
-def specs_for(data: str, data_dir: str | None, aggs: dict[str, Path], seeds: list[int], rounds: int, eval_every: int) -> list[dict[str, Any]]:
+def specs_for(data: str, aggs: dict[str, Path], seeds: list[int], rounds: int, eval_every: int) -> list[dict[str, Any]]:
     """The heterogeneous runs (every method x seed), then the homogeneous reference (mean x seed)."""
     common = {"data": data, "byzantine": 0, "rounds": rounds, "batch_per_worker": l2a.BATCH, "lr": l2a.SERVER_LR}
     specs = [{"method": m, "setting": {**common, "model": HETERO_MODEL, "workers": PICKED * len(KINDS), "system": "heterogeneous",
@@ -91,9 +64,7 @@ def specs_for(data: str, data_dir: str | None, aggs: dict[str, Path], seeds: lis
               "aggregator": _aggregator_section(m, aggs), "data_key": data, "seed": s, "rounds": rounds, "eval_every": eval_every}
              for m in METHODS for s in seeds]
     for s in seeds:
-        over = [f"data.name={data}", "model.name=mlp20", f"workers.n={SYSTEM_WORKERS}", f"workers.batch_size={l2a.BATCH}",
-                "optimizer.name=sgd", f"optimizer.lr={l2a.SERVER_LR}", f"train.seed={s}", "aggregator.name=mean",
-                *([f"data.data_dir={json.dumps(data_dir)}"] if data_dir else [])]
+        over = base_overrides(data, s, public_size=0) + ["aggregator.name=mean"]
         specs.append({"method": "mean", "setting": {**common, "model": "mlp20", "workers": SYSTEM_WORKERS, "system": "homogeneous",
                                                     "seed": s},
                       "overrides": over, "data_key": data, "rounds": rounds, "eval_every": eval_every})
@@ -110,7 +81,7 @@ def fig7(out: Path, quick: bool, data_dir: str | None) -> None:
     aggs = l2a.ensure_aggregators(LEARNED, out / "aggregators" if quick else l2a.AGGREGATOR_ROOT, data_dir, quick)
     t_train = time.perf_counter() - t0
     ds = load_dataset(data, data_dir, download=True)
-    rows = _run_all(specs_for(data, data_dir, aggs, seeds, rounds, eval_every), {data: ds}, jobs=1 if quick else 2)
+    rows = l2a.run_all(specs_for(data, aggs, seeds, rounds, eval_every), {data: ds}, jobs=1 if quick else 2, run=_run_spec)
     write_json(rows, out)
     label = lambda r: f"{r['method']} ({r['setting']['system']}, {r['setting']['workers']} workers)"  # noqa: E731
     l2a.plot_curves(rows, out / "fig7.png", f"{data}: global mlp20 from 3x mlp20, 3x mlp40, 3x mlp20x2, 3x mlp20relu "

@@ -40,6 +40,7 @@ from torch.func import grad_and_value, vmap
 from ..aggregators import AggregationContext, Aggregator, build_aggregator
 from ..data import Dataset, pad_shards, partition
 from ..engine.sampling import ShardSampler
+from ..engine.simulator import evaluate_model
 from ..models import MODELS, FlatModel
 from ..registry import ConfigError
 
@@ -180,14 +181,6 @@ class HeterogeneousSimulator:
         self.round += 1
         return float(losses.mean())
 
-    @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
         """Test loss and accuracy of the global model."""
-        ds, bs = self.dataset, self.eval_batch_size
-        loss_sum, correct = 0.0, 0
-        for start in range(0, ds.y_test.shape[0], bs):
-            x, y = ds.x_test[start:start + bs], ds.y_test[start:start + bs]
-            out = self.model(self.theta, x)
-            loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
-            correct += int((out.argmax(1) == y).sum())
-        return loss_sum / ds.y_test.shape[0], correct / ds.y_test.shape[0]
+        return evaluate_model(self.model, self.theta, self.dataset.x_test, self.dataset.y_test, self.eval_batch_size)

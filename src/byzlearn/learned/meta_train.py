@@ -19,7 +19,6 @@ import itertools
 import json
 import math
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from ..config import Config, _check_fixed, from_dict
+from ..config import Config, _check_fixed, apply_overrides, from_dict, read_toml
 from ..data import Dataset, load_dataset
 from ..registry import ConfigError
 from .aggregator import learned_update, probe_losses, save_aggregator
@@ -114,17 +113,7 @@ def method_name(net: NetworkConfig) -> str:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> MetaTrainConfig:
     """Read a meta-training TOML (sections aggregator, task, byzantine, meta; every key defaulted)."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
-        raw = tomllib.loads(p.read_text())
-    for item in overrides or []:
-        section = item.split("=", 1)[0].split(".", 1)[0].strip()
-        if section not in SECTIONS:
-            raise ConfigError(f"--set {item!r}: unknown section {section!r}; sections: {', '.join(SECTIONS)}")
-    return from_sections(_apply(raw, overrides or []))
+    return from_sections(apply_overrides(read_toml(path), overrides or [], sections=tuple(SECTIONS), open_defaults={}))
 
 
 def from_sections(raw: dict[str, Any]) -> MetaTrainConfig:
@@ -138,19 +127,6 @@ def from_sections(raw: dict[str, Any]) -> MetaTrainConfig:
     cfg.method = method or method_name(cfg.aggregator)
     _validate(cfg)
     return cfg
-
-
-def _apply(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    from ..config import parse_value
-
-    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
-    for item in overrides:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise ConfigError(f"--set expects section.key=value, got {item!r}")
-        path, text = item.split("=", 1)
-        section, key = path.strip().split(".", 1)
-        raw.setdefault(section, {})[key.strip()] = parse_value(text.strip())
-    return raw
 
 
 def _validate(cfg: MetaTrainConfig) -> None:
