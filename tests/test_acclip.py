@@ -247,3 +247,21 @@ def test_noisy_simulator_pairs_noise_and_resumes(digits):
     for _ in range(3):
         c.step()
     assert torch.equal(a.theta, c.theta)
+
+
+def test_quick_study_picks_acclip_b2_with_its_learning_rate(tmp_path):
+    """`byzlearn reproduce acclip --quick`: every row has the required keys, the picked ACClip rows say which
+    b2 they used, and every part-2 run reuses the optimiser part 1 picked for its noise setting."""
+    import json
+
+    from byzlearn.experiments import reproduce
+
+    out = reproduce.run("acclip", tmp_path / "acclip", quick=True)
+    rows = json.loads((out / "results.json").read_text())
+    assert all({"method", "setting", "final_test_accuracy", "best_test_accuracy"} <= set(r) for r in rows)
+    picked = {(r["method"], r["setting"]["noise"]): r for r in rows if r["part"] == "noise" and r.get("picked_lr")}
+    assert all(r["optimizer"]["betas"][1] in (0.99, 0.999) for (m, _), r in picked.items() if m == "acclip")
+    for r in (r for r in rows if r["part"] == "attack"):
+        p = picked[(r["method"], r["setting"]["noise"])]
+        assert (r["optimizer"], r["setting"]["lr"]) == (p["optimizer"], p["setting"]["lr"])
+    assert "b2 0.99" in (out / "results.md").read_text()

@@ -115,3 +115,31 @@ def test_learn_smoke_digits():
                          attack_params={"scale": 3.0}, threads=1))
     assert len(r["history"]) == 2 and r["final_worst_accuracy"] > 0.5
     assert r["history"][-1]["param_diameter"] < 1.0
+
+
+def test_mve_is_not_won_by_degenerate_byzantine_subsets():
+    """Byzantine vectors that make a subset affinely degenerate (zero volume in the higher dimension) are
+    not chosen just for that: f copies of one far vector, or one far vector in the affine hull of honest ones."""
+    g = torch.Generator().manual_seed(3)
+    honest = torch.randn(13, 40, generator=g)  # general position, d > q
+    far = honest.mean(0) + 100.0 * torch.randn(40, generator=g)
+    copies = torch.cat([honest, far.expand(3, 40)])  # q = 16, f = 3: three identical Byzantine rows
+    assert mve_subset(copies, 3) == list(range(13))
+    # one Byzantine row on the line through two honest rows, far out: the subset {it, the 11 other honest
+    # rows it spans with} has dimension m - 2 and zero (m - 1)-volume
+    w = torch.zeros(13)
+    w[0], w[1] = 60.0, -59.0
+    in_hull = torch.cat([honest, (w @ honest).unsqueeze(0)])  # q = 14, f = 1
+    assert mve_subset(in_hull, 1) == list(range(13))
+    # and in general position the ordering is the volume's: a tight cluster and one far point
+    assert mve_subset(torch.cat([honest, far.unsqueeze(0)]), 1) == list(range(13))
+
+
+def test_mve_closed_form_and_khachiyan_agree_on_a_simplex():
+    """Subsets of different dimensions are compared, so the two ways of getting an MVEE must agree."""
+    from byzlearn.decentralized.mve import _khachiyan_logvol
+
+    P = torch.randn(1, 5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))  # 5 points in R^4
+    Pc = P - P.mean(1, keepdim=True)
+    closed = 0.5 * torch.log(4 * torch.linalg.eigvalsh(Pc[0].T @ Pc[0] / 5)).sum()
+    assert float(_khachiyan_logvol(P)) == pytest.approx(float(closed), rel=1e-6)

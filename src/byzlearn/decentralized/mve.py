@@ -1,8 +1,10 @@
 """Minimum-volume-ellipsoid averaging (the MVE-based averaging rule of El-Mhamdi et al., NeurIPS 2021).
 
 ``mve_average(G, f)``: among the ``(q - f)``-subsets of the ``q`` rows of ``G``, take the one whose
-minimum-volume enclosing ellipsoid (MVEE) is smallest and return the mean of its rows. (The paper's
-rule is stated from memory of its text, not verified against it; see docs/DESIGN.md.)
+minimum-volume enclosing ellipsoid (MVEE) is smallest and return the mean of its rows. The seed names
+an MVE-based averaging agreement (n >= 6f + 1) without defining it and the paper's text was not
+available here: this is MDA's construction with the ellipsoid's volume in place of the diameter
+(docs/DESIGN.md, "As built").
 
 Exact computation, and where it stops being practical:
 
@@ -13,13 +15,19 @@ Exact computation, and where it stops being practical:
 - Dimension: all rows lie in the affine hull of the ``q`` received vectors (dimension <= q - 1), so
   the vectors are first expressed in an orthonormal basis of that hull from one ``q x q`` Gram
   matrix (``O(q^2 d)``); after that nothing depends on d.
-- Volume in the subset's own affine hull, compared as (dimension, log-volume): a subset spanning
-  fewer dimensions has zero volume in a higher-dimensional one and wins. When the ``m = q - f``
-  points are affinely independent (always the case for generic vectors with d >= m - 1, i.e. model
-  and gradient vectors), the MVEE of a simplex is known in closed form (uniform weights, Khachiyan's
-  fixed point): ``log vol = 1/2 log det(centred scatter) + const(m)``. Otherwise (d < m - 1, e.g. the
-  slides' 3-dimensional example) the MVEE is computed by Khachiyan's algorithm, batched over the
-  subsets, ``O(iterations * C(q, f) * m * k^2)`` for k = the affine dimension.
+- Volume in the subset's own affine hull. When the ``m = q - f`` points are affinely independent
+  (always the case for generic vectors with d >= m - 1, i.e. model and gradient vectors), the MVEE of
+  a simplex is known in closed form (uniform weights, Khachiyan's fixed point): semi-axes
+  ``sqrt((m - 1) * eigenvalues of the covariance)``. Otherwise (d < m - 1, e.g. the slides'
+  3-dimensional example, or repeated vectors) the MVEE is computed by Khachiyan's algorithm, batched
+  over the subsets, ``O(iterations * C(q, f) * m * k^2)`` for k = the affine dimension.
+- Subsets are compared by the geometric mean of their ellipsoid's semi-axes (log-volume divided by the
+  dimension of their hull). In general position all subsets have dimension m - 1 and this is the
+  minimum volume itself. It differs only for degenerate subsets: compared by volume, a subset spanning
+  fewer dimensions has volume zero and always wins, so Byzantine vectors that repeat each other (f
+  copies of one vector) or lie in the affine hull of some honest ones would be chosen however far
+  away they are (MVE in dimension d >= q has no breakdown point without this); ``tests/test_agreement.py``
+  shows both attacks failing.
 - ``max_subsets`` (default 200 000) refuses instances beyond that with a ``ConfigError``: at n = 31,
   f = 5 one node's call costs ~65k small eigen-decompositions (about a second on 2 CPU cores); past
   a few hundred thousand subsets per node per round the rule is impractical.
@@ -49,7 +57,7 @@ def _affine_coordinates(G: Tensor) -> Tensor:
 
 
 def _khachiyan_logvol(P: Tensor, iters: int = 300, tol: float = 1e-5) -> Tensor:
-    """log-volume (up to a constant) of the MVEE of each point set ``P: [S, m, k]`` (full-dimensional)."""
+    """Sum of the log semi-axes of the MVEE of each point set ``P: [S, m, k]`` (full-dimensional), Khachiyan's algorithm."""
     S, m, k = P.shape
     Q = torch.cat([P, torch.ones(S, m, 1, dtype=P.dtype)], dim=2)  # [S, m, k+1]
     u = torch.full((S, m), 1.0 / m, dtype=P.dtype)
@@ -64,7 +72,7 @@ def _khachiyan_logvol(P: Tensor, iters: int = 300, tol: float = 1e-5) -> Tensor:
         u[torch.arange(S), j] += step
     c = torch.einsum("sm,smk->sk", u, P)
     Sc = torch.einsum("smi,sm,smj->sij", P, u, P) - c.unsqueeze(2) * c.unsqueeze(1)
-    return 0.5 * torch.linalg.slogdet(Sc * k).logabsdet
+    return 0.5 * torch.linalg.slogdet(Sc * k).logabsdet  # sum of the log semi-axes
 
 
 def mve_subset(G: Tensor, f: int, max_subsets: int = 200_000) -> list[int]:
@@ -94,33 +102,46 @@ def mve_subset(G: Tensor, f: int, max_subsets: int = 200_000) -> list[int]:
     subsets = torch.tensor(list(itertools.combinations(range(q), m)), dtype=torch.long)  # lexicographic
     ok = finite[subsets].all(dim=1)
     P = Y[subsets]  # [S, m, k]
-    Pc = P - P.mean(dim=1, keepdim=True)
-    # affine dimension of each subset and the scatter in its own hull
-    ev = torch.linalg.eigvalsh(Pc @ Pc.transpose(1, 2))  # [S, m] (m x m Gram has the same nonzero spectrum)
+    # repeated vectors count once: the MVEE of a set is that of its distinct points, so each point gets
+    # weight 1 / (distinct points * its multiplicity) in the subset's centre and covariance
+    _, row_id = torch.unique(torch.where(finite.unsqueeze(1), G, torch.zeros_like(G)), dim=0, return_inverse=True)
+    ids = row_id[subsets]
+    mult = (ids.unsqueeze(2) == ids.unsqueeze(1)).sum(dim=2).double()  # [S, m]
+    distinct = (1.0 / mult).sum(dim=1).round()
+    u = 1.0 / (distinct.unsqueeze(1) * mult)
+    Pc = P - (u.unsqueeze(2) * P).sum(dim=1, keepdim=True)
+    # affine dimension of each subset and its weighted covariance, in its own hull
+    A = Pc * u.sqrt().unsqueeze(2)
+    ev = torch.linalg.eigvalsh(A @ A.transpose(1, 2))  # [S, m] (the m x m Gram has the covariance's nonzero spectrum)
     scale = ev.max(dim=1, keepdim=True).values.clamp(min=1e-300)
     nz = ev > scale * 1e-10
     dim = nz.sum(dim=1)
-    logvol = torch.where(nz, torch.log(ev.clamp(min=1e-300)), torch.zeros_like(ev)).sum(dim=1) * 0.5
-    simplex = dim == m - 1
+    # sum of the log semi-axes of each subset's MVEE in its own hull; for a simplex (dim + 1 distinct
+    # points) the MVEE has uniform weights on them: semi-axes sqrt(dim * eigenvalue of the covariance)
+    kdims = dim.clamp(min=1).double().unsqueeze(1)
+    log_axes = torch.where(nz, 0.5 * torch.log((kdims * ev).clamp(min=1e-300)), torch.zeros_like(ev)).sum(dim=1)
+    simplex = dim == distinct.long() - 1
     if bool((~simplex & ok).any()):  # more points than dimension + 1: Khachiyan in each subset's hull
         idx = torch.nonzero(~simplex & ok).flatten()
         for kdim in dim[idx].unique().tolist():
             sel = idx[dim[idx] == kdim]
             if kdim == 0:
-                logvol[sel] = 0.0
                 continue
-            if kdim == 1:  # points on a line: the ellipsoid is the segment
+            if kdim == 1:  # points on a line: the ellipsoid is the segment, its semi-axis half its length
                 proj = Pc[sel] @ torch.linalg.eigh(Pc[sel].transpose(1, 2) @ Pc[sel])[1][:, :, -1:]
-                logvol[sel] = torch.log((proj.amax(dim=(1, 2)) - proj.amin(dim=(1, 2))).clamp(min=1e-300))
+                log_axes[sel] = torch.log((0.5 * (proj.amax(dim=(1, 2)) - proj.amin(dim=(1, 2)))).clamp(min=1e-300))
                 continue
             # orthonormal basis of each subset's hull from its own scatter
             _, vecs = torch.linalg.eigh(Pc[sel].transpose(1, 2) @ Pc[sel])  # [s, k, k]
             B = vecs[:, :, -kdim:]
-            logvol[sel] = _khachiyan_logvol(Pc[sel] @ B)
-    dim = torch.where(ok, dim, torch.full_like(dim, 10**9))
-    # lexicographic (dimension, log-volume); ties: first (lexicographically lowest) subset
-    key = dim.double() * 1e6 + logvol.clamp(-1e5, 1e5)
-    best = int(torch.argmin(key))
+            log_axes[sel] = _khachiyan_logvol(Pc[sel] @ B)
+    # compare the geometric-mean semi-axis (log-volume / dimension, in each subset's own hull): in general
+    # position every subset has dimension m - 1 and this orders them exactly by volume; a degenerate subset
+    # (Byzantine vectors that repeat each other or lie in the affine hull of honest ones) does not win by
+    # having zero volume in the higher dimension, however far its vectors are
+    key = torch.where(dim > 0, log_axes / kdims.squeeze(1), torch.full_like(log_axes, -math.inf))
+    key = torch.where(ok, key, torch.full_like(key, math.inf))
+    best = int(torch.argmin(key))  # ties: the first (lexicographically lowest) subset
     return subsets[best].tolist()
 
 

@@ -41,9 +41,13 @@ METHOD_NOTES = [
     "validation. Methods `rnn_lstm`, `rnn_gru`, `arnn_lstm`, `arnn_gru`.",
     "- Our readings where the paper is silent: the aggregator's output is the aggregated gradient that the server's SGD "
     "applies; ARNN's loss is taken after a trial SGD step along the worker's vector clipped to the norm of the server's "
-    "own public-batch gradient, fed as tanh(10 x relative change); Byzantine workers and attacks are drawn during "
-    "meta-training from Gaussian, sign flip, constant and ALIE (z = 1): RNN on 100-round trajectories with 0 or 3 of 10 "
-    "Byzantine; every ARNN (the paper's and ours) on 40-round trajectories with 3 or 7 of 10.",
+    "own public-batch gradient, fed as tanh(10 x relative change). The paper's four networks of Fig. 4 (reused "
+    "unchanged by Fig. 5), and Fig. 7's 12-worker RNN, are meta-trained without Byzantine workers, in Fig. 4's setting "
+    "(100-round trajectories). "
+    "For Fig. 6 the RNN-LSTM and ARNN-LSTM are meta-trained again with Byzantine workers and attacks drawn from Gaussian, "
+    "sign flip, constant and ALIE (z = 1) (folders `rnn_lstm_byz`, `arnn_lstm_byz`; the results still name them "
+    "`rnn_lstm`, `arnn_lstm`): the RNN on 100-round trajectories with 0 or 3 of 10 Byzantine, every Byzantine-trained "
+    "ARNN (the paper's and ours) on 40-round trajectories with 3 or 7 of 10.",
     "- Ours, beyond the paper: `set_rnn_lstm`, `set_arnn_lstm`: a permutation-invariant encoder (shared per-worker "
     "embedding, mean and softmax-attention pooling over workers, output = learned gain x attention-weighted average + "
     "correction; `floor` pre-processing; the ARNN variant also keeps a running mean of each worker's loss feature), so "
@@ -53,20 +57,27 @@ METHOD_NOTES = [
 # trajectories (40 rounds) and more of them: drawn from a mixture that includes attack-free systems, the
 # attention of our network did not learn to drop Gaussian and constant vectors within 80 trajectories.
 _ARNN_TRAINING: dict[str, Any] = {"counts": [3, 7], "task": {"steps": 40}, "meta": {"lr": 0.03, "trajectories": 160}}
+# The paper's Fig. 4 setting has no Byzantine worker: its four networks are meta-trained there (and reused,
+# unchanged, by Fig. 5's transfer experiments).
+_FIG4_TRAINING: dict[str, Any] = {"counts": [0], "meta": {"trajectories": 50}}
 RECIPES: dict[str, dict[str, Any]] = {
     # the paper's networks: RNN sees the gradients, ARNN also the public-batch losses
-    "rnn_lstm": {"aggregator": {**_PAPER_NET, "cell": "lstm"}, "counts": [0, 3], "meta": {"trajectories": 50}},
-    "rnn_gru": {"aggregator": {**_PAPER_NET, "cell": "gru"}, "counts": [0, 3], "meta": {"trajectories": 50}},
-    "arnn_lstm": {"aggregator": {**_PAPER_NET, "cell": "lstm", "loss_info": True}, **_ARNN_TRAINING},
-    "arnn_gru": {"aggregator": {**_PAPER_NET, "cell": "gru", "loss_info": True}, **_ARNN_TRAINING},
+    "rnn_lstm": {"aggregator": {**_PAPER_NET, "cell": "lstm"}, **_FIG4_TRAINING},
+    "rnn_gru": {"aggregator": {**_PAPER_NET, "cell": "gru"}, **_FIG4_TRAINING},
+    "arnn_lstm": {"aggregator": {**_PAPER_NET, "cell": "lstm", "loss_info": True}, **_FIG4_TRAINING},
+    "arnn_gru": {"aggregator": {**_PAPER_NET, "cell": "gru", "loss_info": True}, **_FIG4_TRAINING},
+    # Fig. 6: the paper's RNN and ARNN (LSTM) meta-trained again, with Byzantine workers
+    "rnn_lstm_byz": {"aggregator": {**_PAPER_NET, "cell": "lstm"}, "counts": [0, 3], "meta": {"trajectories": 50}},
+    "arnn_lstm_byz": {"aggregator": {**_PAPER_NET, "cell": "lstm", "loss_info": True}, **_ARNN_TRAINING},
     # ours: permutation-invariant, any number of workers
     "set_rnn_lstm": {"aggregator": {**_OURS_NET, "cell": "lstm"}, "counts": [0, 3], "meta": {"lr": 0.03, "trajectories": 50}},
     "set_arnn_lstm": {"aggregator": {**_OURS_NET, "cell": "lstm", "loss_info": True, "loss_memory": True}, **_ARNN_TRAINING},
-    # Fig. 7: the paper's fixed-order RNN meta-trained for the 12 workers of the heterogeneous systems
-    "rnn_lstm_m12": {"aggregator": {**_PAPER_NET, "cell": "lstm"}, "counts": [0, 3], "task": {"workers": 12}},
+    # Fig. 7: the paper's fixed-order RNN meta-trained for the 12 workers of the heterogeneous systems (no attack there either)
+    "rnn_lstm_m12": {"aggregator": {**_PAPER_NET, "cell": "lstm"}, **_FIG4_TRAINING, "task": {"workers": 12}},
 }
 PAPER_METHODS = ["rnn_lstm", "rnn_gru", "arnn_lstm", "arnn_gru"]
-TRAIN_ORDER = ["arnn_lstm", "set_arnn_lstm", "rnn_lstm", "set_rnn_lstm", "arnn_gru", "rnn_gru", "rnn_lstm_m12"]
+TRAIN_ORDER = ["arnn_lstm_byz", "set_arnn_lstm", "rnn_lstm", "arnn_lstm", "set_rnn_lstm", "rnn_lstm_byz", "arnn_gru", "rnn_gru",
+               "rnn_lstm_m12"]
 
 
 def recipe(method: str, data_dir: str | None, quick: bool) -> dict[str, Any]:
@@ -213,6 +224,7 @@ def card_summary(agg_dirs: dict[str, Path]) -> str:
         n = c["network"]
         net = f"{n['encoder']}, {n['cell']} {n['layers']}x{n['hidden']}, {c['preprocess']}" + (", loss info" if n["loss_info"] else "")
         counts = c["training_config"]["byzantine"]["counts"]
-        lines.append(f"| {m} | {net} | {counts} | {c['validation_score']:.4f} | {c['meta_steps']} | {c['wall_time']:.0f} | "
+        name = m if d.name == m else f"{m} (`{d.name}`)"
+        lines.append(f"| {name} | {net} | {counts} | {c['validation_score']:.4f} | {c['meta_steps']} | {c['wall_time']:.0f} | "
                      f"{c['meta_steps_per_second']:.2f} |")
     return "\n".join(lines)

@@ -24,6 +24,8 @@ SEEN = ["gaussian", "sign_flip", "constant", l2a.ALIE]
 UNSEEN = [{"name": "ipm", "epsilon": 0.5}, "label_flip"]
 COUNTS = [0, 3, 7]
 LEARNED = ["rnn_lstm", "arnn_lstm", "set_arnn_lstm"]
+# each learned method's meta-trained folder: the paper's networks meta-trained with Byzantine workers
+FOLDERS = {"rnn_lstm": "rnn_lstm_byz", "arnn_lstm": "arnn_lstm_byz", "set_arnn_lstm": "set_arnn_lstm"}
 WHITEBOX_ROUNDS = 150  # the white-box attack runs ~10 differentiated aggregations a round: shorter runs
 
 
@@ -45,7 +47,9 @@ def fig6(out: Path, quick: bool, data_dir: str | None) -> None:
     data = "digits" if quick else "mnist"
     rounds, eval_every, seeds = (30, 10, [0]) if quick else (l2a.ROUNDS, 50, [0])
     attacks = (SEEN[:2] + UNSEEN[:1]) if quick else (SEEN + UNSEEN)
-    aggs = l2a.ensure_aggregators(METHODS[2:], out / "aggregators" if quick else l2a.AGGREGATOR_ROOT, data_dir, quick)
+    dirs = l2a.ensure_aggregators([FOLDERS[m] for m in LEARNED], out / "aggregators" if quick else l2a.AGGREGATOR_ROOT,
+                                  data_dir, quick)
+    aggs = {m: dirs[FOLDERS[m]] for m in LEARNED}
     t_train = time.perf_counter() - t0
     ds = load_dataset(data, data_dir, download=True)
     settings = [(0, "none")] + [(c, a) for c in COUNTS if c for a in attacks]
