@@ -125,7 +125,7 @@ def reproduce(out: Path, quick: bool, data_dir: str | None) -> None:
         for fixed in (variants[:1] if quick else variants) for lr in (lrs[2:3] if quick else lrs)
     ]
     rows = _map(grid, jobs)
-    # the rate is picked on the honest workers' final training loss (never on test data)
+    # the rate (and variant) is picked on the honest workers' final training loss (never on test data)
     picked: dict[tuple[str, str], dict[str, Any]] = {}
     loss = lambda r: r["final_train_loss"] if r["final_train_loss"] is not None else math.inf  # noqa: E731
     for r in rows:
