@@ -29,8 +29,8 @@ Exact computation, and where it stops being practical:
   away they are (MVE in dimension d >= q has no breakdown point without this); ``tests/test_agreement.py``
   shows both attacks failing.
 - ``max_subsets`` (default 200 000) refuses instances beyond that with a ``ConfigError``: at n = 31,
-  f = 5 one node's call costs ~65k small eigen-decompositions (about a second on 2 CPU cores); past
-  a few hundred thousand subsets per node per round the rule is impractical.
+  f = 5 one node's call costs ~65k small eigen-decompositions (about 2 s on one CPU thread, see
+  BENCHMARKS.md); past a few hundred thousand subsets per node per round the rule is impractical.
 """
 
 from __future__ import annotations

@@ -103,7 +103,8 @@ def jungle(out: Path, quick: bool, data_dir: str | None) -> None:
             "history": r["history"],
         })
     write_json(rows, out)
-    for n, f in sorted({(r["setup"]["n"], r["setup"]["f"]) for r in runs}, key=lambda x: (-x[1], x[0])):
+    groups = sorted({(r["setup"]["n"], r["setup"]["f"]) for r in runs}, key=lambda x: (-x[1], x[0]))  # (n, f), f = 3 first
+    for n, f in groups:
         _plot([r for r in runs if (r["setup"]["n"], r["setup"]["f"]) == (n, f)], out, f"accuracy_n{n}_f{f}.png", f"n={n}, f={f}")
     wall = time.perf_counter() - t0
     lines = [
@@ -128,6 +129,5 @@ def jungle(out: Path, quick: bool, data_dir: str | None) -> None:
             f"| {r['method']} | {s['n']} | {s['byzantine']} | {s['attack']} | {r['final_test_accuracy']:.3f} | {r['best_test_accuracy']:.3f} | "
             f"{r['final_mean_test_accuracy']:.3f} | {r['final_param_diameter']:.2e} | {r['messages']:,} | {r['bytes'] / 1e6:,.0f} | {r['wall_time_s']:.0f} |"
         )
-    lines += [""] + [f"![n={n}, f={f}](accuracy_n{n}_f{f}.png)\n" for n, f in
-                     sorted({(r["setup"]["n"], r["setup"]["f"]) for r in runs}, key=lambda x: (-x[1], x[0]))] + [COMPARISON]
+    lines += [""] + [f"![n={n}, f={f}](accuracy_n{n}_f{f}.png)\n" for n, f in groups] + [COMPARISON]
     (out / "results.md").write_text("\n".join(lines) + "\n")

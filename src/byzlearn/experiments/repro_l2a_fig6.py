@@ -23,9 +23,9 @@ METHODS = ["mean", "krum", "rnn_lstm", "arnn_lstm", "set_arnn_lstm"]
 SEEN = ["gaussian", "sign_flip", "constant", l2a.ALIE]
 UNSEEN = [{"name": "ipm", "epsilon": 0.5}, "label_flip"]
 COUNTS = [0, 3, 7]
-LEARNED = ["rnn_lstm", "arnn_lstm", "set_arnn_lstm"]
 # each learned method's meta-trained folder: the paper's networks meta-trained with Byzantine workers
 FOLDERS = {"rnn_lstm": "rnn_lstm_byz", "arnn_lstm": "arnn_lstm_byz", "set_arnn_lstm": "set_arnn_lstm"}
+LEARNED = list(FOLDERS)
 WHITEBOX_ROUNDS = 150  # the white-box attack runs ~10 differentiated aggregations a round: shorter runs
 
 
