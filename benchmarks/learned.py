@@ -62,7 +62,7 @@ VARIANTS = {  # label -> meta-training overrides of the network
     "rnn_gru": ["aggregator.cell=gru"],
     "arnn_gru": ["aggregator.cell=gru", "aggregator.loss_info=true"],
     "set_rnn_lstm": ["aggregator.encoder=set", "aggregator.preprocess=floor"],
-    "set_arnn_lstm": ["aggregator.encoder=set", "aggregator.loss_info=true", "aggregator.preprocess=floor"],
+    "set_arnn_lstm": ["aggregator.encoder=set", "aggregator.loss_info=true", "aggregator.preprocess=floor", "aggregator.input_clip=true"],
 }
 ATTACKED = ("rnn_lstm", "arnn_lstm", "set_arnn_lstm")
 META = ("rnn_lstm", "arnn_lstm", "rnn_gru", "set_arnn_lstm")

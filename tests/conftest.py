@@ -49,3 +49,16 @@ def run_full_and_resumed(cfg, tmp_path, stop_after):
     Run.resume(tmp_path / "cut").execute(progress=False)
     state = lambda d: torch.load(tmp_path / d / "checkpoint.pt", weights_only=False)["simulator"]  # noqa: E731
     return full, state("full"), state("cut")
+
+
+def untrained_aggregator(root, method):
+    """An untrained aggregator folder of an l2a recipe, as ensure_aggregators leaves it (so a quick
+    reproduction skips meta-training)."""
+    from byzlearn.experiments import l2a
+    from byzlearn.learned import save_aggregator
+    from byzlearn.learned.meta_train import build_network, card_of, from_sections
+
+    cfg = from_sections(l2a.recipe(method, None, quick=True))
+    card = {**card_of(cfg), "validation_score": 1.0, "best_trajectory": 0, "trajectories_run": 0, "meta_steps": 0,
+            "wall_time": 0.0, "meta_steps_per_second": 0.0, "training_config": cfg.to_dict()}
+    save_aggregator(build_network(cfg), card, root / method)

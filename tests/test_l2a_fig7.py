@@ -11,6 +11,7 @@ from byzlearn.learned import save_aggregator
 from byzlearn.learned.heterogeneous import KINDS, HeterogeneousSimulator
 from byzlearn.learned.meta_train import build_network, card_of, from_sections
 from byzlearn.models import MODELS
+from conftest import untrained_aggregator
 
 
 @pytest.fixture()
@@ -108,18 +109,10 @@ def test_fixed_order_aggregator_for_10_workers_is_refused_and_m12_recipe_has_12(
         HeterogeneousSimulator(digits, {"name": "learned", "path": str(tmp_path / "m10")})
 
 
-def _untrained(root, method):
-    """An untrained aggregator folder as ensure_aggregators leaves it (so the quick run skips meta-training)."""
-    cfg = from_sections(l2a.recipe(method, None, quick=True))
-    card = {**card_of(cfg), "validation_score": 1.0, "best_trajectory": 0, "trajectories_run": 0, "meta_steps": 0,
-            "wall_time": 0.0, "meta_steps_per_second": 0.0, "training_config": cfg.to_dict()}
-    save_aggregator(build_network(cfg), card, root / method)
-
-
 def test_quick_reproduction_writes_rows_with_the_required_keys(tmp_path):
     out = tmp_path / "fig7"
     for m in ("rnn_lstm_m12", "set_rnn_lstm"):
-        _untrained(out / "aggregators", m)
+        untrained_aggregator(out / "aggregators", m)
     reproduce.run("l2a-fig7", out, quick=True)
     rows = json.loads((out / "results.json").read_text())
     assert len(rows) == 4  # 3 methods on the heterogeneous workers + the homogeneous reference, 1 seed

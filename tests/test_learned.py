@@ -291,3 +291,82 @@ def test_meta_training_can_start_from_a_trained_aggregator(tmp_path):
     with pytest.raises(ConfigError, match="another shape"):
         meta_train(load_config(None, base + ["aggregator.hidden=8", f"meta.init={json.dumps(str(tmp_path / 'a'))}"]),
                    tmp_path / "c", progress=False)
+
+
+def test_input_clip_bounds_every_row_by_the_public_gradient_norm():
+    """``input_clip`` (ours): rows longer than ref_norm are scaled to it before the network sees them, so
+    a forged row 1e6 times larger changes nothing once it is past the bound; shorter rows are untouched."""
+    from byzlearn.learned.preprocess import clip_rows
+
+    G = torch.tensor([[3.0, 4.0], [0.3, 0.4], [0.0, 0.0]])
+    torch.testing.assert_close(clip_rows(G, 1.0), torch.tensor([[0.6, 0.8], [0.3, 0.4], [0.0, 0.0]]))
+    torch.manual_seed(0)
+    net = CoordinatewiseRNN(encoder="set", loss_info=True)
+    with torch.no_grad():  # a non-trivial network: random attention, gain and correction
+        for p in net.parameters():
+            p.normal_(0, 0.3)
+    card = {**CARD, "preprocess": "floor", "input_clip": True}
+    H = torch.randn(4, 30) * 0.01
+    byz = torch.randn(3, 30)
+    losses = torch.rand(8) + 1
+    u1, _ = learned_update(net, torch.cat([H, byz]), net.initial_state(30), card, losses, ref_norm=0.05)
+    u2, _ = learned_update(net, torch.cat([H, 1e6 * byz]), net.initial_state(30), card, losses, ref_norm=0.05)
+    torch.testing.assert_close(u1, u2)
+    # equal to the unclipped rule on explicitly clipped rows
+    u3, _ = learned_update(net, clip_rows(torch.cat([H, byz]), 0.05), net.initial_state(30), {**card, "input_clip": False}, losses)
+    torch.testing.assert_close(u1, u3)
+    # without the clip the forged scale does reach the output
+    u4, _ = learned_update(net, torch.cat([H, 1e6 * byz]), net.initial_state(30), {**card, "input_clip": False}, losses)
+    assert not torch.allclose(u1, u4)
+    with pytest.raises(ValueError, match="ref_norm"):
+        learned_update(net, H, net.initial_state(30), card, torch.rand(5) + 1)
+
+
+def test_input_clip_needs_the_public_batch():
+    with pytest.raises(ConfigError, match="input_clip"):
+        load_config(None, ["aggregator.input_clip=true", "aggregator.loss_info=false"])
+
+
+def test_input_clip_at_use_overrides_the_card(tiny_arnn, tmp_path):
+    """``aggregator.input_clip`` switches the bound on for a network meta-trained without it (and is refused for an RNN)."""
+    out, card = tiny_arnn
+    assert not card["input_clip"]
+    plain = build_aggregator({"name": "learned", "path": str(out)}, f_default=0)
+    clipped = build_aggregator({"name": "learned", "path": str(out), "input_clip": True}, f_default=0)
+    assert clipped.card["input_clip"] and not plain.card.get("input_clip")
+    theta = torch.randn(4) * 0.1
+    loss = lambda P: ((P - 1.0) ** 2).sum(1)  # noqa: E731  public gradient norm 2 * |theta - 1| (about 4)
+    G = torch.randn(3, 4)
+    G[2] *= 1e4  # one huge row: the bound changes what the network reads
+    ctx = AggregationContext(round=0, params=theta, lr=0.5, public_loss=loss)
+    net, _ = load_aggregator(out)
+    ref = float(torch.linalg.vector_norm(2 * (theta - 1.0)))
+    from byzlearn.learned.aggregator import probe_losses
+    from byzlearn.learned.preprocess import clip_rows
+
+    losses = probe_losses(loss, theta, G, card["probe_lr"], card["probe"], ref_norm=ref)
+    expected, _ = learned_update(net, clip_rows(G, ref), net.initial_state(4), card, losses)
+    torch.testing.assert_close(clipped.aggregate(G, ctx), expected)
+    assert not torch.allclose(plain.aggregate(G, ctx), expected)
+    from byzlearn.learned.meta_train import card_of
+
+    save_aggregator(CoordinatewiseRNN(workers=4), card_of(load_config(None, TINY)), tmp_path / "rnn")
+    with pytest.raises(ConfigError, match="input_clip"):
+        build_aggregator({"name": "learned", "path": str(tmp_path / "rnn"), "input_clip": True}, f_default=0)
+
+
+def test_meta_validate_rescores_the_saved_network(tiny_arnn):
+    """Without overrides it gives back the card's validation score (same seeded trajectories, same weights);
+    overrides lengthen the trajectories or switch the norm bound on, but may not change the network's shape."""
+    from byzlearn.learned.meta_train import meta_validate
+
+    out, card = tiny_arnn
+    res = meta_validate(out)
+    assert res["score"] == pytest.approx(card["validation_score"], rel=1e-6)
+    assert set(res["settings"]) == {"0/none", "1/sign_flip"} and res["steps"] == 30
+    longer = meta_validate(out, ["meta.validate_steps=40", "aggregator.input_clip=true"])
+    assert longer["steps"] == 40 and longer["input_clip"] and longer["score"] != res["score"]
+    with pytest.raises(ConfigError, match="shape"):
+        meta_validate(out, ["aggregator.hidden=8"])
+    with pytest.raises(ConfigError, match="validate_steps"):
+        meta_validate(out, ["meta.validate_steps=-1"])

@@ -23,7 +23,7 @@ TINY = ["task.data=digits", "task.workers=4", "task.steps=30", "task.unroll=10",
 VARIANTS = {
     "rnn_lstm": [],
     "arnn_lstm": ["aggregator.loss_info=true"],
-    "set_arnn_lstm": ["aggregator.encoder=set", "aggregator.loss_info=true", "aggregator.preprocess=floor"],
+    "set_arnn_lstm": ["aggregator.encoder=set", "aggregator.loss_info=true", "aggregator.preprocess=floor", "aggregator.input_clip=true"],
     "rnn_gru_step": ["aggregator.cell=gru", "aggregator.output=step"],
 }
 

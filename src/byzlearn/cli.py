@@ -1,4 +1,4 @@
-"""Command line: ``byzlearn run | launch | matrix | reproduce | meta-train | list | demo`` (also ``python -m byzlearn``)."""
+"""Command line: ``byzlearn run | launch | matrix | reproduce | meta-train | meta-validate | list | demo`` (also ``python -m byzlearn``)."""
 
 from __future__ import annotations
 
@@ -124,6 +124,22 @@ def _cmd_meta_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_meta_validate(args: argparse.Namespace) -> int:
+    from .learned.meta_train import meta_validate
+
+    overrides = list(args.set or [])
+    if args.data_dir:
+        overrides.append(f"task.data_dir={json.dumps(args.data_dir)}")
+    res = meta_validate(args.folder, overrides)
+    print(f"{res['method']} ({args.folder}), {res['steps']}-round validation trajectories, input_clip = "
+          f"{str(res['input_clip']).lower()}: score {res['score']:.4f} (mean capped training loss; lower is better)")
+    for setting, score in res["settings"].items():
+        print(f"  {setting:<24} {score:.4f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .experiments.demo import main as demo
 
@@ -189,6 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--resume", action="store_true", help="continue from --out's meta_checkpoint.pt (written at every validation)")
     mt.add_argument("--quiet", action="store_true", help="no progress bar")
     mt.set_defaults(func=_cmd_meta_train)
+
+    mv = sub.add_parser("meta-validate", help="score a trained aggregator on validation trajectories (training data)",
+                        description="Score a meta-trained aggregator on its card's validation trajectories, optionally longer "
+                                    "or used with other options (model selection without test data).")
+    mv.add_argument("folder", help="a folder written by meta-train")
+    mv.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                    help="override the card's training config, e.g. --set meta.validate_steps=500 --set aggregator.input_clip=true")
+    mv.add_argument("--data-dir", help="where the data set's files are (task.data_dir; also BYZLEARN_DATA)")
+    mv.add_argument("--json", help="also write the scores to this file")
+    mv.set_defaults(func=_cmd_meta_validate)
 
     d = sub.add_parser("demo", help="the main job: a short robustness comparison on the embedded digits data set")
     d.add_argument("--out", help="folder for the runs, table and plot (default: runs/demo)")

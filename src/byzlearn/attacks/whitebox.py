@@ -43,8 +43,7 @@ import torch
 from torch import Tensor
 
 from ..aggregators.base import AggregationContext
-from ..learned.aggregator import LearnedAggregator, learned_update, probe_losses
-from ..learned.preprocess import public_grad_norm
+from ..learned.aggregator import LearnedAggregator, learned_update, probe_losses, reference_norm
 from ..registry import ConfigError
 from .base import ATTACKS, Attack, AttackContext
 from .gradient import honest_mean, rows_of
@@ -106,9 +105,8 @@ class WhiteBoxModel:
                               "set data.public_size > 0")
         if (self.card["output"] == "step" or objective == "loss") and not self.lr:
             raise ConfigError("attack 'learned_whitebox' needs the server's lr (optimizer.name = 'sgd')")
-        self.ref = None
-        if self.net.loss_info and self.card.get("probe", "step") == "clipped":  # a constant for the whole round
-            self.ref = public_grad_norm(self.public_loss, self.params.detach())
+        # the public gradient's norm (clipped probe, input clipping): a constant for the whole round
+        self.ref = reference_norm(self.card, self.public_loss, self.params) if self.net.loss_info else None
         self.mu = honest.mean(dim=0)
         self.mu_sq = (self.mu @ self.mu).clamp_min(torch.finfo(self.mu.dtype).tiny)
 
@@ -127,7 +125,7 @@ class WhiteBoxModel:
         if self.net.loss_info:
             losses = probe_losses(self.public_loss, self.params, G, self.rule.probe_lr, self.card.get("probe", "step"),
                                   differentiable=True, ref_norm=self.ref)
-        u, _ = learned_update(self.net, G, self.state, self.card, losses)
+        u, _ = learned_update(self.net, G, self.state, self.card, losses, self.ref)
         if self.card["output"] == "step":  # as LearnedAggregator.aggregate: the server's SGD then applies +step_scale * u
             return -self.card["step_scale"] * u / self.lr
         return u

@@ -19,7 +19,7 @@ from torch import Tensor
 from ..aggregators.base import AGGREGATORS, AggregationContext, Aggregator
 from ..registry import ConfigError
 from .network import CoordinatewiseRNN, State
-from .preprocess import loss_features, normalise, public_grad_norm, trial_points
+from .preprocess import clip_rows, loss_features, normalise, public_grad_norm, screen_rows, trial_points
 
 WEIGHTS, CARD = "aggregator.safetensors", "card.json"
 FORMAT = "byzlearn-learned-aggregator/1"
@@ -54,14 +54,19 @@ def load_aggregator(path: str | Path) -> tuple[CoordinatewiseRNN, dict[str, Any]
 
 
 def learned_update(net: CoordinatewiseRNN, G: Tensor, state: State, card: dict[str, Any],
-                   losses: Tensor | None = None) -> tuple[Tensor, State]:
+                   losses: Tensor | None = None, ref_norm: float | None = None) -> tuple[Tensor, State]:
     """The aggregated vector ``A * o`` (``Tensor[d]``) for ``G: Tensor[n, d]``, and the new state.
 
     Differentiable in the network's weights (meta-training calls it with autograd on). ``losses``
     are ``[base, l_1..l_n]`` public-batch losses for ARNN. With the paper's fixed-order encoder,
     fewer than M rows (dropped messages) are padded with zero rows, as a lost message counts as a
-    zero gradient (paper, footnote 1).
+    zero gradient (paper, footnote 1). A card with ``input_clip`` (ours) first clips every row to
+    ``ref_norm``, the norm of the server's public-batch gradient (``reference_norm``).
     """
+    if card.get("input_clip"):
+        if ref_norm is None:
+            raise ValueError("this aggregator clips the workers' vectors to the public gradient's norm: pass ref_norm")
+        G = clip_rows(screen_rows(G), ref_norm)
     M = net.workers
     if net.encoder == "concat" and G.shape[0] < M:
         G = torch.cat([G, G.new_zeros(M - G.shape[0], G.shape[1])], dim=0)
@@ -81,6 +86,14 @@ def learned_update(net: CoordinatewiseRNN, G: Tensor, state: State, card: dict[s
     return A * o.to(A.dtype), rnn_state + extra
 
 
+def reference_norm(card: dict[str, Any], public_loss: Callable[[Tensor], Tensor], theta: Tensor) -> float | None:
+    """The norm of the server's public-batch gradient when the card uses it (clipped probe or
+    ``input_clip``), else ``None``; one value per round, shared by the probe and the input clipping."""
+    if card.get("probe", "step") == "clipped" or card.get("input_clip"):
+        return public_grad_norm(public_loss, theta.detach())
+    return None
+
+
 def probe_losses(public_loss: Callable[[Tensor], Tensor], theta: Tensor, G: Tensor, probe_lr: float, probe: str,
                  differentiable: bool = False, ref_norm: float | None = None) -> Tensor:
     """ARNN's additional loss information: ``[base, l_1..l_M]`` on one public batch.
@@ -96,14 +109,23 @@ def probe_losses(public_loss: Callable[[Tensor], Tensor], theta: Tensor, G: Tens
 
 @AGGREGATORS.register("learned")
 class LearnedAggregator(Aggregator):
-    """Learned RNN/ARNN aggregator (Ji et al., IJCAI 2019), meta-trained by ``byzlearn meta-train``; path = its folder."""
+    """Learned RNN/ARNN aggregator (Ji et al., IJCAI 2019), meta-trained by ``byzlearn meta-train``; path = its folder.
 
-    def __init__(self, path: str, f: int = 0, probe_lr: float | None = None):
+    ``input_clip`` (ours, ARNN only): bound every worker's vector by the norm of the server's public-batch
+    gradient before the network reads it; ``None`` keeps the card's setting (how it was meta-trained).
+    """
+
+    def __init__(self, path: str, f: int = 0, probe_lr: float | None = None, input_clip: bool | None = None):
         super().__init__(f)
         self.path = path
         self.net, self.card = load_aggregator(path)
         self.name = self.card.get("method", "learned")
         self.probe_lr = float(probe_lr if probe_lr is not None else self.card["probe_lr"])
+        if input_clip is not None:
+            if input_clip and not self.net.loss_info:
+                raise ConfigError(f"aggregator.input_clip = true needs the public batch an ARNN reads; {path!r} holds an RNN "
+                                  "(loss_info = false): drop input_clip or use an ARNN")
+            self.card = {**self.card, "input_clip": bool(input_clip)}
         self.needs_public_batch = self.net.loss_info
         self.state: State | None = None
 
@@ -112,13 +134,15 @@ class LearnedAggregator(Aggregator):
             return f"at most the {self.net.workers} workers it was trained for (its input is one slot per worker)"
         return None
 
-    def public_losses(self, G: Tensor, ctx: AggregationContext) -> Tensor | None:
+    def public_losses(self, G: Tensor, ctx: AggregationContext) -> tuple[Tensor | None, float | None]:
+        """ARNN's ``[base, l_1..l_n]`` and the public gradient's norm (``None``, ``None`` for an RNN)."""
         if not self.net.loss_info:
-            return None
+            return None, None
         if ctx.public_loss is None or ctx.params is None:
             raise ConfigError(f"{self.name} reads each worker's loss on the server's public batch: set data.public_size > 0")
+        ref = reference_norm(self.card, ctx.public_loss, ctx.params)
         with torch.no_grad():
-            return probe_losses(ctx.public_loss, ctx.params, G, self.probe_lr, self.card.get("probe", "step"))
+            return probe_losses(ctx.public_loss, ctx.params, G, self.probe_lr, self.card.get("probe", "step"), ref_norm=ref), ref
 
     @torch.no_grad()
     def aggregate(self, G: Tensor, ctx: AggregationContext) -> Tensor:
@@ -128,7 +152,8 @@ class LearnedAggregator(Aggregator):
             net.to(G.device)
         if self.state is None or self.state[0].shape[0] != G.shape[1]:
             self.state = net.initial_state(G.shape[1], G.device, dtype)
-        u, self.state = learned_update(net, G, self.state, self.card, self.public_losses(G, ctx))
+        losses, ref = self.public_losses(G, ctx)
+        u, self.state = learned_update(net, G, self.state, self.card, losses, ref)
         if self.card["output"] == "step":  # the network's output is the step itself: undo the server's SGD lr
             if not ctx.lr:
                 raise ConfigError(f"{self.name} outputs the step itself; it needs the server optimiser's lr (optimizer.name = 'sgd')")

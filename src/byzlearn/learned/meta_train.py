@@ -31,7 +31,7 @@ from tqdm import tqdm
 from ..config import Config, _check_fixed, apply_overrides, from_dict, read_toml
 from ..data import Dataset, load_dataset
 from ..registry import ConfigError
-from .aggregator import learned_update, probe_losses, save_aggregator
+from .aggregator import learned_update, probe_losses, reference_norm, save_aggregator
 from .network import CoordinatewiseRNN
 from .preprocess import PREPROCESS_FEATURES
 
@@ -54,6 +54,7 @@ class NetworkConfig:
     loss_scale: float = 10.0
     probe: Literal["step", "clipped"] = "clipped"  # ARNN's trial point: theta - probe_lr * g_m (clipped to the public gradient's norm)
     probe_lr: float = 0.0  # 0: the task's server_lr
+    input_clip: bool = False  # ours (ARNN): clip every worker's vector to the public gradient's norm before pre-processing
 
 
 @dataclass
@@ -85,6 +86,7 @@ class MetaConfig:
     grad_clip: float = 1.0
     seed: int = 0
     validate_every: int = 10
+    validate_steps: int = 0  # rounds per validation trajectory; 0: task.steps (longer ones see late collapses)
     patience: int = 5
     threads: int = 0
     init: str = ""  # start from the weights of a trained aggregator folder (fine-tuning / curriculum); "": fresh
@@ -136,10 +138,15 @@ def _validate(cfg: MetaTrainConfig) -> None:
                        ("meta.trajectories", m.trajectories), ("meta.validate_every", m.validate_every)]:
         if value < 1:
             raise ConfigError(f"{key} = {value} must be >= 1")
+    if m.validate_steps < 0:
+        raise ConfigError(f"meta.validate_steps = {m.validate_steps} must be >= 0 (0: task.steps)")
     if not b.counts or any(not isinstance(c, int) or not 0 <= c < t.workers for c in b.counts):
         raise ConfigError(f"byzantine.counts = {b.counts!r}: each must be an integer in [0, {t.workers - 1}]")
     if not b.attacks:
         raise ConfigError("byzantine.attacks must list at least one attack (a name or a table {name = ..., ...})")
+    if cfg.aggregator.input_clip and not cfg.aggregator.loss_info:
+        raise ConfigError("aggregator.input_clip = true clips to the public gradient's norm, which only ARNN computes: "
+                          "set aggregator.loss_info = true or input_clip = false")
     if cfg.aggregator.loss_info and t.public_size < 1:
         raise ConfigError("an ARNN aggregator (aggregator.loss_info = true) needs a public batch: set task.public_size > 0")
     for cfg_run in _run_configs(cfg, 0):  # every (count, attack) pair must be a valid run
@@ -189,7 +196,7 @@ def build_network(cfg: MetaTrainConfig) -> CoordinatewiseRNN:
 def card_of(cfg: MetaTrainConfig) -> dict[str, Any]:
     a = cfg.aggregator
     return {"method": cfg.method, "preprocess": a.preprocess, "p": a.p, "output": a.output, "step_scale": a.step_scale,
-            "loss_scale": a.loss_scale, "probe": a.probe, "probe_lr": a.probe_lr or cfg.task.server_lr, "server_lr": cfg.task.server_lr}
+            "loss_scale": a.loss_scale, "probe": a.probe, "input_clip": a.input_clip, "probe_lr": a.probe_lr or cfg.task.server_lr, "server_lr": cfg.task.server_lr}
 
 
 class Trajectory:
@@ -214,10 +221,11 @@ class Trajectory:
         sim.theta = self.theta.detach()  # the workers' gradients are constants (no second derivatives)
         ctx = sim.aggregation_context()
         G, _ = sim.gradient_batch(ctx)
-        losses = None
+        losses = ref = None
         if self.net.loss_info:
-            losses = probe_losses(sim.public_loss, sim.theta, G, card["probe_lr"], card["probe"])
-        u, self.state = learned_update(self.net, G, self.state, card, losses)
+            ref = reference_norm(card, sim.public_loss, sim.theta)
+            losses = probe_losses(sim.public_loss, sim.theta, G, card["probe_lr"], card["probe"], ref_norm=ref)
+        u, self.state = learned_update(self.net, G, self.state, card, losses, ref)
         if card["output"] == "step":
             self.theta = self.theta + card["step_scale"] * u
         else:
@@ -240,24 +248,62 @@ def _draw(cfg: MetaTrainConfig, index: int) -> tuple[int, dict[str, Any]]:
 
 
 @torch.no_grad()
-def validation_score(cfg: MetaTrainConfig, net: CoordinatewiseRNN, dataset: Dataset) -> float:
-    """Mean honest training loss over fixed validation trajectories, one per (count, attack) pair.
+def validation_scores(cfg: MetaTrainConfig, net: CoordinatewiseRNN, dataset: Dataset) -> dict[str, float]:
+    """Mean honest training loss of fixed validation trajectories, one per (count, attack) pair
+    (keys ``"3/gaussian"``, ...), each ``meta.validate_steps`` (default ``task.steps``) rounds long.
 
     Each step's loss is capped at ``2 ln(classes)`` (twice a uniform guess), so that one diverging
     trajectory counts as badly as a failed one instead of drowning every other setting's score.
     """
     net.eval()
     cap = 2 * math.log(dataset.num_classes)
-    total, count = 0.0, 0
+    steps = validation_steps(cfg)
+    scores: dict[str, float] = {}
     for i, run_cfg in enumerate(_run_configs(cfg, seed=900_000 + cfg.meta.seed * 100)):
         run_cfg.train.seed = 900_000 + cfg.meta.seed * 100 + i
+        run_cfg.train.rounds = steps
         traj = Trajectory(cfg, net, run_cfg, dataset)
-        for _ in range(cfg.task.steps):
+        total = 0.0
+        for _ in range(steps):
             loss = float(traj.step())
             total += min(loss, cap) if math.isfinite(loss) else cap
-            count += 1
+        a = run_cfg.attack
+        label = a["name"] + "".join(f",{k}={v}" for k, v in a.items() if k != "name")
+        scores[f"{run_cfg.workers.byzantine}/{label}"] = total / steps
     net.train()
-    return total / count
+    return scores
+
+
+def validation_steps(cfg: MetaTrainConfig) -> int:
+    return cfg.meta.validate_steps or cfg.task.steps
+
+
+def validation_score(cfg: MetaTrainConfig, net: CoordinatewiseRNN, dataset: Dataset) -> float:
+    """The score early stopping keeps the best weights by: the mean of ``validation_scores``."""
+    scores = validation_scores(cfg, net, dataset)
+    return sum(scores.values()) / len(scores)
+
+
+def meta_validate(folder: str | Path, overrides: list[str] | None = None, dataset: Dataset | None = None) -> dict[str, Any]:
+    """Score a trained aggregator on its validation trajectories (``byzlearn meta-validate``).
+
+    The config is the card's training config with ``overrides`` applied: longer trajectories
+    (``meta.validate_steps=500``) show what a short meta-training horizon hides, and ``aggregator.input_clip``
+    compares using a network with and without the norm bound. Training data only, like early stopping.
+    """
+    from .aggregator import load_aggregator
+
+    net, card = load_aggregator(folder)
+    raw = apply_overrides(card["training_config"], overrides or [], sections=tuple(SECTIONS), open_defaults={})
+    cfg = from_sections({**raw, "method": card.get("method", "")})
+    if build_network(cfg).hyperparameters() != net.hyperparameters():
+        raise ConfigError("meta-validate overrides may change the task, the Byzantine draw and the use options, not the network's shape")
+    ds = dataset if dataset is not None else load_dataset(cfg.task.data, cfg.task.data_dir, True)
+    t0 = time.perf_counter()
+    scores = validation_scores(cfg, net, ds)
+    return {"method": cfg.method, "folder": str(folder), "overrides": list(overrides or []), "steps": validation_steps(cfg),
+            "input_clip": cfg.aggregator.input_clip, "score": sum(scores.values()) / len(scores), "settings": scores,
+            "wall_time": round(time.perf_counter() - t0, 2)}
 
 
 CHECKPOINT = "meta_checkpoint.pt"

@@ -17,8 +17,10 @@ direct linear path from the loss features. It is
 invariant to the order of the workers and serves any number of them. The linear path through
 ``x_att`` matters under large forged vectors: the scale ``A_i`` is then set by the attackers and the
 honest values are tiny after normalisation (1e-6 of it, say), which a tanh/sigmoid stack cannot
-return at that precision, while an attention weight near 0 removes the forged rows exactly. It
-starts as the plain mean (uniform attention, gain 1, head 0).
+return at that precision, while an attention weight near 0 removes the forged rows exactly. Near 0
+is not 0: a softmax leaves ~1e-4 on a row it rejects, enough for a row 1e5 times the honest scale
+to steer the step, hence the ARNN's ``input_clip`` (``learned_update``), which bounds every row's
+norm first. It starts as the plain mean (uniform attention, gain 1, head 0).
 """
 
 from __future__ import annotations

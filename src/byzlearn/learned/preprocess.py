@@ -83,11 +83,21 @@ def trial_points(theta: Tensor, G: Tensor, probe_lr: float, probe: str = "step",
     if probe == "clipped":
         if ref_norm is None:
             raise ValueError("probe 'clipped' needs ref_norm, the norm of the server's public-batch gradient")
-        norms = torch.linalg.vector_norm(G, dim=1, keepdim=True)
-        G = G * (ref_norm / norms.clamp_min(1e-12)).clamp(max=1.0)
+        G = clip_rows(G, ref_norm)
     elif probe != "step":
         raise ValueError(f"probe must be 'step' or 'clipped', got {probe!r}")
     return torch.cat([theta.unsqueeze(0), theta.unsqueeze(0) - probe_lr * G], dim=0)
+
+
+def clip_rows(G: Tensor, ref_norm: float) -> Tensor:
+    """Every row of ``G`` scaled down to L2 norm at most ``ref_norm`` (rows already shorter unchanged).
+
+    With ``ref_norm`` the norm of the server's own public-batch gradient this is the norm bound of
+    FLTrust (Cao et al., NDSS 2021, which rescales every update to that norm; here only longer ones
+    are shortened).
+    """
+    norms = torch.linalg.vector_norm(G, dim=1, keepdim=True)
+    return G * (ref_norm / norms.clamp_min(1e-12)).clamp(max=1.0)
 
 
 def public_grad_norm(public_loss: Callable[[Tensor], Tensor], theta: Tensor) -> float:
