@@ -247,6 +247,11 @@ def _draw(cfg: MetaTrainConfig, index: int) -> tuple[int, dict[str, Any]]:
     return count, (attack if count else {"name": "none"})
 
 
+def validation_steps(cfg: MetaTrainConfig) -> int:
+    """Rounds per validation trajectory: ``meta.validate_steps``, or the training horizon ``task.steps``."""
+    return cfg.meta.validate_steps or cfg.task.steps
+
+
 @torch.no_grad()
 def validation_scores(cfg: MetaTrainConfig, net: CoordinatewiseRNN, dataset: Dataset) -> dict[str, float]:
     """Mean honest training loss of fixed validation trajectories, one per (count, attack) pair
@@ -272,10 +277,6 @@ def validation_scores(cfg: MetaTrainConfig, net: CoordinatewiseRNN, dataset: Dat
         scores[f"{run_cfg.workers.byzantine}/{label}"] = total / steps
     net.train()
     return scores
-
-
-def validation_steps(cfg: MetaTrainConfig) -> int:
-    return cfg.meta.validate_steps or cfg.task.steps
 
 
 def validation_score(cfg: MetaTrainConfig, net: CoordinatewiseRNN, dataset: Dataset) -> float:
