@@ -207,30 +207,61 @@ def mean_over_seeds(rows: list[dict[str, Any]], key: Callable[[dict[str, Any]], 
     return out
 
 
-def plot_curves(rows: list[dict[str, Any]], path: Path, title: str, label: Callable[[dict[str, Any]], str] = lambda r: r["method"]) -> Path:
-    """Training loss and test accuracy against rounds, one line per label (mean over seeds)."""
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    groups: dict[str, list[dict[str, Any]]] = {}
+def plot_curves(rows: list[dict[str, Any]], path: Path, title: str, label: Callable[[dict[str, Any]], str] = lambda r: r["method"],
+                panel: Callable[[dict[str, Any]], str] | None = None) -> Path:
+    """Training loss (top) and test accuracy (bottom) against rounds, one line per label (mean over seeds).
+
+    With ``panel``, one column per panel value (an attack, a model, a data set), each label keeping its colour in every
+    column and one legend for the figure, so that many settings stay readable."""
+    panels: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault(label(r), []).append(r)
-    for name, rs in groups.items():
-        rounds = [c[0] for c in rs[0]["curve"]]
-        acc = [100 * sum(r["curve"][i][1] for r in rs) / len(rs) for i in range(len(rounds))]
-        ax_acc.plot(rounds, acc, label=name)
-        pts = [(c[0], [r["curve"][i][3] for r in rs]) for i, c in enumerate(rs[0]["curve"]) if c[3] is not None]
-        pts = [(x, sum(v) / len(v)) for x, v in pts if all(t is not None for t in v)]
-        if pts:
-            ax_loss.plot([p[0] for p in pts], [p[1] for p in pts], label=name)
-    ax_loss.set(xlabel="round", ylabel="honest training loss", title="training loss", yscale="log")
-    ax_acc.set(xlabel="round", ylabel="test accuracy (%)", title="test accuracy", ylim=(0, 100))
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-    ax_acc.legend(fontsize=8)
+        panels.setdefault(panel(r) if panel else "", []).append(r)
+    names = list(dict.fromkeys(label(r) for r in rows))
+    colour = {n: f"C{i % 10}" for i, n in enumerate(names)}
+    style = {n: "-" if i < 10 else "--" for i, n in enumerate(names)}
+    cols = len(panels)
+    if cols == 1:  # loss and accuracy side by side
+        fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.6))
+        pairs = [(a, b)]
+    else:  # loss above accuracy, one column per panel
+        fig, axes = plt.subplots(2, cols, figsize=(3.4 * cols, 6.4), squeeze=False, sharex=True)
+        pairs = [(axes[0, j], axes[1, j]) for j in range(cols)]
+    for (ax_loss, ax_acc), (key, sub) in zip(pairs, panels.items()):
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for r in sub:
+            groups.setdefault(label(r), []).append(r)
+        for name, rs in groups.items():
+            rounds = [c[0] for c in rs[0]["curve"]]
+            acc = [100 * sum(r["curve"][i][1] for r in rs) / len(rs) for i in range(len(rounds))]
+            ax_acc.plot(rounds, acc, color=colour[name], linestyle=style[name], label=name)
+            pts = [(c[0], [r["curve"][i][3] for r in rs]) for i, c in enumerate(rs[0]["curve"]) if c[3] is not None]
+            pts = [(x, sum(v) / len(v)) for x, v in pts if all(t is not None for t in v)]
+            if pts:
+                ax_loss.plot([p[0] for p in pts], [p[1] for p in pts], color=colour[name], linestyle=style[name], label=name)
+        ax_loss.set(title=key or "training loss", yscale="log")
+        ax_acc.set(xlabel="round", ylim=(0, 100), title="" if key else "test accuracy")
+        if cols == 1:
+            ax_loss.set(xlabel="round")
+        for ax in (ax_loss, ax_acc):
+            ax.grid(alpha=0.3)
+    pairs[0][0].set_ylabel("honest training loss")
+    pairs[0][1].set_ylabel("test accuracy (%)")
+    handles = [plt.Line2D([], [], color=colour[n], linestyle=style[n]) for n in names]
+    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 4), fontsize=8, frameon=False)
     fig.suptitle(title)
-    fig.tight_layout()
+    rows_of_legend = -(-len(names) // min(len(names), 4))
+    fig.tight_layout(rect=(0, 0.03 + 0.035 * rows_of_legend, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def wall_line(wall: float, t_train: float, root: Path) -> str:
+    """The report's wall-time line, saying whether any aggregator had to be meta-trained first."""
+    if t_train < 0.5:
+        return f"Wall time: {wall:.0f} s (no meta-training: every aggregator was already trained in `{root}`)."
+    return (f"Wall time: {wall:.0f} s, of which {t_train:.0f} s meta-training the aggregators that were not trained yet "
+            f"(kept in `{root}` and reused).")
 
 
 def card_summary(agg_dirs: dict[str, Path]) -> str:

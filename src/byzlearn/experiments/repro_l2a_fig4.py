@@ -60,8 +60,7 @@ def fig4(out: Path, quick: bool, data_dir: str | None) -> None:
         "# l2a-fig4: learned aggregators vs averaging (Ji et al., IJCAI 2019, Fig. 4)", "",
         f"Command: `byzlearn reproduce l2a-fig4{' --quick' if quick else ''} --data-dir ../shared/data/mnist`  ",
         f"Machine: {machine()}  ",
-        f"Wall time: {wall:.0f} s, of which {t_train:.0f} s meta-training the aggregators that were not trained yet "
-        f"(they are kept in `{l2a.AGGREGATOR_ROOT}` and reused by every l2a reproduction).", "",
+        l2a.wall_line(wall, t_train, out / "aggregators" if quick else l2a.AGGREGATOR_ROOT), "",
         f"Setting: {data}, MLP 784-20-10 sigmoid, {l2a.WORKERS} workers with equal iid shards, batch {l2a.BATCH} per worker, "
         f"server SGD lr {l2a.SERVER_LR}, {rounds} rounds, mean of seeds {seeds} (test seeds; meta-training used other seeds and "
         "validation trajectories on training data only). Public split: 1000 training samples held out for every method "

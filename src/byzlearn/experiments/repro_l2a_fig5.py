@@ -84,7 +84,7 @@ def fig5(out: Path, quick: bool, data_dir: str | None) -> None:
         sub = [r for r in rows if r["setting"]["panel"] == panel]
         if sub:
             l2a.plot_curves(sub, out / f"fig5_{panel}.png", f"fig5 ({panel}): aggregators trained on MNIST/mlp20, applied unchanged",
-                            label=lambda r: f"{r['method']} / {r['setting']['model'] if r['setting']['panel'] == 'models' else r['setting']['data']}")
+                            panel=lambda r: r["setting"]["model"] if r["setting"]["panel"] == "models" else r["setting"]["data"])
     wall = time.perf_counter() - t0
     stats = l2a.mean_over_seeds(rows, lambda r: (r["method"], r["setting"]["model"], r["setting"]["data"]))
     table = ["| model | data | " + " | ".join(f"{m} final (best)" for m in METHODS) + " | rnn_lstm - mean (points) |",
@@ -100,7 +100,7 @@ def fig5(out: Path, quick: bool, data_dir: str | None) -> None:
         "# l2a-fig5: a learned aggregator transferred to other models and data (Ji et al., IJCAI 2019, Fig. 5)", "",
         f"Command: `byzlearn reproduce l2a-fig5{' --quick' if quick else ''} --data-dir ../shared/data/mnist`  ",
         f"Machine: {machine()}  ",
-        f"Wall time: {wall:.0f} s, of which {t_train:.0f} s meta-training aggregators not trained yet.", "",
+        l2a.wall_line(wall, t_train, out / "aggregators" if quick else l2a.AGGREGATOR_ROOT), "",
         f"Final (best) test accuracy in %, mean of seeds {seeds}, {rounds} rounds, 10 workers, iid, batch {l2a.BATCH}, "
         f"server SGD lr {l2a.SERVER_LR}; the aggregators were meta-trained on MNIST with the MLP-20 (fig4's setting) and are "
         "not retrained.", "",

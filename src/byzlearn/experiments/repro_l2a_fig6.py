@@ -79,8 +79,8 @@ def fig6(out: Path, quick: bool, data_dir: str | None) -> None:
     write_json(rows, out)
     for count in COUNTS:
         sub = [r for r in rows if r["setting"]["byzantine"] == count and r["setting"]["attack"] != "learned_whitebox"]
-        l2a.plot_curves(sub, out / f"fig6_byz{count}.png", f"{count} of 10 Byzantine: each method x attack",
-                        label=lambda r: f"{r['method']} / {r['setting']['attack']}" if count else r["method"])
+        l2a.plot_curves(sub, out / f"fig6_byz{count}.png", f"{count} of 10 Byzantine workers" + (": one column per attack" if count else ""),
+                        panel=(lambda r: r["setting"]["attack"]) if count else None)
     wall = time.perf_counter() - t0
     _report(rows, out, settings, aggs, wall, t_train, quick, rounds, wb_rounds)
 
@@ -121,7 +121,7 @@ def _report(rows: list[dict[str, Any]], out: Path, settings: list, aggs: dict[st
         "# l2a-fig6: learned aggregators under Byzantine attack (Ji et al., IJCAI 2019, Fig. 6)", "",
         f"Command: `byzlearn reproduce l2a-fig6{' --quick' if quick else ''} --data-dir ../shared/data/mnist`  ",
         f"Machine: {machine()}  ",
-        f"Wall time: {wall:.0f} s, of which {t_train:.0f} s meta-training aggregators not trained yet.", "",
+        l2a.wall_line(wall, t_train, out / "aggregators" if quick else l2a.AGGREGATOR_ROOT), "",
         f"Final test accuracy (%) after {rounds} rounds; 10 workers, MNIST, MLP 784-20-10 sigmoid, batch {l2a.BATCH}, server "
         f"SGD lr {l2a.SERVER_LR}. Krum is declared with f = 3 (its largest admissible f for n = 10) in every column. "
         "ALIE uses z = 1 (its default z is undefined at 7 of 10). '(unseen)': an attack the learned aggregators never met "

@@ -127,8 +127,7 @@ def _write_md(rows: list[dict[str, Any]], out: Path, aggs: dict[str, Path], wall
         f"Command: `byzlearn reproduce l2a-fig7{' --quick' if quick else ''} --data-dir ../shared/data/mnist`"
         + (" (quick: a reduced smoke run on the digits data, not the reproduction)" if quick else "") + "  ",
         f"Machine: {machine()}  ",
-        f"Wall time: {wall:.0f} s, of which {t_train:.0f} s meta-training the aggregators that were not trained yet "
-        f"(kept in `{out / 'aggregators' if quick else l2a.AGGREGATOR_ROOT}` and reused).", "",
+        l2a.wall_line(wall, t_train, out / "aggregators" if quick else l2a.AGGREGATOR_ROOT), "",
         "## Setting", "",
         f"- {data}; 4 systems of {SYSTEM_WORKERS} workers, each system's training set split into {SYSTEM_WORKERS} equal iid shards; "
         f"{PICKED} workers drawn at random, once, from each system (seed 0 draws: {chosen}); 12 gradients per round, ordered by "
