@@ -62,3 +62,16 @@ def untrained_aggregator(root, method):
     card = {**card_of(cfg), "validation_score": 1.0, "best_trajectory": 0, "trajectories_run": 0, "meta_steps": 0,
             "wall_time": 0.0, "meta_steps_per_second": 0.0, "training_config": cfg.to_dict()}
     save_aggregator(build_network(cfg), card, root / method)
+
+
+def quick_reproduction(name, out, folders):
+    """Run ``byzlearn reproduce NAME --quick`` into ``out`` with untrained aggregators in ``folders`` (no
+    meta-training) and return its results.json rows."""
+    import json
+
+    from byzlearn.experiments import reproduce
+
+    for folder in folders:
+        untrained_aggregator(out / "aggregators", folder)
+    reproduce.run(name, out, quick=True)
+    return json.loads((out / "results.json").read_text())

@@ -1,14 +1,11 @@
 """l2a-fig4 and l2a-fig5: learned aggregators against averaging and transferred to other models and data
 (Ji et al. 2019, Figs. 4 and 5), quick versions with untrained networks."""
 
-import json
-
 import pytest
 
-from byzlearn.experiments import reproduce
 from byzlearn.experiments import repro_l2a_fig4 as fig4
 from byzlearn.experiments import repro_l2a_fig5 as fig5
-from conftest import untrained_aggregator
+from conftest import quick_reproduction
 
 
 def _final(rows, method, **setting):
@@ -18,10 +15,7 @@ def _final(rows, method, **setting):
 
 def test_quick_fig4_rows_table_and_the_untrained_set_network_is_the_mean(tmp_path):
     out = tmp_path / "fig4"
-    for method in fig4.METHODS[1:]:
-        untrained_aggregator(out / "aggregators", method)
-    reproduce.run("l2a-fig4", out, quick=True)
-    rows = json.loads((out / "results.json").read_text())
+    rows = quick_reproduction("l2a-fig4", out, fig4.METHODS[1:])
     assert sorted(r["method"] for r in rows) == sorted(fig4.METHODS)
     for r in rows:
         assert r["setting"]["byzantine"] == 0 and r["setting"]["attack"] == "none"
@@ -36,10 +30,7 @@ def test_quick_fig4_rows_table_and_the_untrained_set_network_is_the_mean(tmp_pat
 
 def test_quick_fig5_transfers_unchanged_networks_to_other_models_and_data(tmp_path):
     out = tmp_path / "fig5"
-    for method in fig5.METHODS[1:]:
-        untrained_aggregator(out / "aggregators", method)
-    reproduce.run("l2a-fig5", out, quick=True)
-    rows = json.loads((out / "results.json").read_text())
+    rows = quick_reproduction("l2a-fig5", out, fig5.METHODS[1:])
     cells = {(r["setting"]["panel"], r["setting"]["model"], r["setting"]["data"]) for r in rows}
     assert cells == {("models", "mlp40", "mnist"), ("data", "mlp20", "mnist2"), ("data", "mlp20", "fashion_mnist")}
     assert len(rows) == len(cells) * len(fig5.METHODS)

@@ -1,12 +1,10 @@
 """l2a-fig6: learned aggregators under 0, 3 and 7 of 10 Byzantine workers (Ji et al. 2019, Fig. 6), quick version."""
 
-import json
-
 from byzlearn import config as C
 from byzlearn.aggregators import build_aggregator
-from byzlearn.experiments import l2a, reproduce
+from byzlearn.experiments import l2a
 from byzlearn.experiments import repro_l2a_fig6 as fig6
-from conftest import untrained_aggregator
+from conftest import quick_reproduction, untrained_aggregator
 
 
 def test_norm_bound_options_reach_the_rule(tmp_path):
@@ -23,10 +21,7 @@ def test_norm_bound_options_reach_the_rule(tmp_path):
 
 def test_quick_reproduction_rows_tables_and_ablations(tmp_path):
     out = tmp_path / "fig6"
-    for folder in ("rnn_lstm_byz", "arnn_lstm_byz", "set_arnn_lstm"):
-        untrained_aggregator(out / "aggregators", folder)
-    reproduce.run("l2a-fig6", out, quick=True)
-    rows = json.loads((out / "results.json").read_text())
+    rows = quick_reproduction("l2a-fig6", out, ("rnn_lstm_byz", "arnn_lstm_byz", "set_arnn_lstm"))
     main = [r for r in rows if r["setting"]["attack"] != "learned_whitebox"]
     # 0 Byzantine (no attack), then 3 and 7 under gaussian, sign flip and IPM: 7 settings x every method
     assert len(main) == 7 * len(fig6.METHODS)

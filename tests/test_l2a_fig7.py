@@ -1,17 +1,15 @@
 """l2a-fig7: heterogeneous local models sending gradients for one global MLP-20 (Ji et al. 2019, §5.5)."""
 
-import json
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from byzlearn.experiments import l2a, reproduce
+from byzlearn.experiments import l2a
 from byzlearn.learned import save_aggregator
 from byzlearn.learned.heterogeneous import KINDS, HeterogeneousSimulator
 from byzlearn.learned.meta_train import build_network, card_of, from_sections
 from byzlearn.models import MODELS
-from conftest import untrained_aggregator
+from conftest import quick_reproduction
 
 
 @pytest.fixture()
@@ -111,10 +109,7 @@ def test_fixed_order_aggregator_for_10_workers_is_refused_and_m12_recipe_has_12(
 
 def test_quick_reproduction_writes_rows_with_the_required_keys(tmp_path):
     out = tmp_path / "fig7"
-    for m in ("rnn_lstm_m12", "set_rnn_lstm"):
-        untrained_aggregator(out / "aggregators", m)
-    reproduce.run("l2a-fig7", out, quick=True)
-    rows = json.loads((out / "results.json").read_text())
+    rows = quick_reproduction("l2a-fig7", out, ("rnn_lstm_m12", "set_rnn_lstm"))
     assert len(rows) == 4  # 3 methods on the heterogeneous workers + the homogeneous reference, 1 seed
     for r in rows:
         assert {"method", "setting", "final_test_accuracy", "best_test_accuracy", "final_train_loss",

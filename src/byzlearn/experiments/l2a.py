@@ -109,6 +109,11 @@ def _train_one(args: tuple[str, str | None, bool, str]) -> dict[str, Any]:
     return meta_train(from_sections(recipe(method, data_dir, quick)), out, progress=False, resume=True)
 
 
+def aggregator_root(out: Path, quick: bool) -> Path:
+    """Where a reproduction keeps its aggregators: the committed ones, or (quick) tiny ones in its own output folder."""
+    return out / "aggregators" if quick else AGGREGATOR_ROOT
+
+
 def ensure_aggregators(methods: list[str], root: Path, data_dir: str | None, quick: bool, jobs: int = 2) -> dict[str, Path]:
     """Folders of the trained ``methods`` under ``root``, meta-training (in parallel) those not there yet."""
     todo = sorted((m for m in methods if not (root / m / "card.json").is_file()), key=TRAIN_ORDER.index)
@@ -233,11 +238,11 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, title: str, label: Calla
         for name, rs in groups.items():
             rounds = [c[0] for c in rs[0]["curve"]]
             acc = [100 * sum(r["curve"][i][1] for r in rs) / len(rs) for i in range(len(rounds))]
-            ax_acc.plot(rounds, acc, color=colour[name], linestyle=style[name], label=name)
+            ax_acc.plot(rounds, acc, color=colour[name], linestyle=style[name])
             pts = [(c[0], [r["curve"][i][3] for r in rs]) for i, c in enumerate(rs[0]["curve"]) if c[3] is not None]
             pts = [(x, sum(v) / len(v)) for x, v in pts if all(t is not None for t in v)]
             if pts:
-                ax_loss.plot([p[0] for p in pts], [p[1] for p in pts], color=colour[name], linestyle=style[name], label=name)
+                ax_loss.plot([p[0] for p in pts], [p[1] for p in pts], color=colour[name], linestyle=style[name])
         ax_loss.set(title=key or "training loss", yscale="log")
         ax_acc.set(xlabel="round", ylim=(0, 100), title="" if key else "test accuracy")
         if cols == 1:
@@ -247,10 +252,10 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, title: str, label: Calla
     pairs[0][0].set_ylabel("honest training loss")
     pairs[0][1].set_ylabel("test accuracy (%)")
     handles = [plt.Line2D([], [], color=colour[n], linestyle=style[n]) for n in names]
-    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 4), fontsize=8, frameon=False)
+    ncol = min(len(names), 4)
+    fig.legend(handles, names, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     fig.suptitle(title)
-    rows_of_legend = -(-len(names) // min(len(names), 4))
-    fig.tight_layout(rect=(0, 0.03 + 0.035 * rows_of_legend, 1, 1))
+    fig.tight_layout(rect=(0, 0.03 + 0.035 * -(-len(names) // ncol), 1, 1))  # room for the legend's rows
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

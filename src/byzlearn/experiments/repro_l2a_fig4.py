@@ -31,7 +31,7 @@ def fig4(out: Path, quick: bool, data_dir: str | None) -> None:
     t0 = time.perf_counter()
     data = "digits" if quick else "mnist"
     rounds, eval_every, seeds = (30, 10, [0]) if quick else (l2a.ROUNDS, 25, [0, 1])
-    aggs = l2a.ensure_aggregators(METHODS[1:], out / "aggregators" if quick else l2a.AGGREGATOR_ROOT, data_dir, quick)
+    aggs = l2a.ensure_aggregators(METHODS[1:], l2a.aggregator_root(out, quick), data_dir, quick)
     t_train = time.perf_counter() - t0
     ds = load_dataset(data, data_dir, download=True)
     specs = [
@@ -60,7 +60,7 @@ def fig4(out: Path, quick: bool, data_dir: str | None) -> None:
         "# l2a-fig4: learned aggregators vs averaging (Ji et al., IJCAI 2019, Fig. 4)", "",
         f"Command: `byzlearn reproduce l2a-fig4{' --quick' if quick else ''} --data-dir ../shared/data/mnist`  ",
         f"Machine: {machine()}  ",
-        l2a.wall_line(wall, t_train, out / "aggregators" if quick else l2a.AGGREGATOR_ROOT), "",
+        l2a.wall_line(wall, t_train, l2a.aggregator_root(out, quick)), "",
         f"Setting: {data}, MLP 784-20-10 sigmoid, {l2a.WORKERS} workers with equal iid shards, batch {l2a.BATCH} per worker, "
         f"server SGD lr {l2a.SERVER_LR}, {rounds} rounds, mean of seeds {seeds} (test seeds; meta-training used other seeds and "
         "validation trajectories on training data only). Public split: 1000 training samples held out for every method "

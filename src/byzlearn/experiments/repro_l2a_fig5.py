@@ -63,7 +63,7 @@ def fig5(out: Path, quick: bool, data_dir: str | None) -> None:
     """The fig4-trained LSTM aggregator on other models (MLP-40, 2x20, ReLU) and other data (Ji et al. 2019, Fig. 5)."""
     t0 = time.perf_counter()
     rounds, eval_every, seeds = (30, 10, [0]) if quick else (l2a.ROUNDS, 25, [0, 1])
-    aggs = l2a.ensure_aggregators(METHODS[1:], out / "aggregators" if quick else l2a.AGGREGATOR_ROOT, data_dir, quick)
+    aggs = l2a.ensure_aggregators(METHODS[1:], l2a.aggregator_root(out, quick), data_dir, quick)
     t_train = time.perf_counter() - t0
     datasets, notes = _datasets(data_dir, quick)
     cells = [("models", m, "mnist", "mnist") for m in (MODELS[:1] if quick else MODELS)]
@@ -100,7 +100,7 @@ def fig5(out: Path, quick: bool, data_dir: str | None) -> None:
         "# l2a-fig5: a learned aggregator transferred to other models and data (Ji et al., IJCAI 2019, Fig. 5)", "",
         f"Command: `byzlearn reproduce l2a-fig5{' --quick' if quick else ''} --data-dir ../shared/data/mnist`  ",
         f"Machine: {machine()}  ",
-        l2a.wall_line(wall, t_train, out / "aggregators" if quick else l2a.AGGREGATOR_ROOT), "",
+        l2a.wall_line(wall, t_train, l2a.aggregator_root(out, quick)), "",
         f"Final (best) test accuracy in %, mean of seeds {seeds}, {rounds} rounds, 10 workers, iid, batch {l2a.BATCH}, "
         f"server SGD lr {l2a.SERVER_LR}; the aggregators were meta-trained on MNIST with the MLP-20 (fig4's setting) and are "
         "not retrained.", "",

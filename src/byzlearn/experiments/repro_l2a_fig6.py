@@ -51,7 +51,7 @@ def fig6(out: Path, quick: bool, data_dir: str | None) -> None:
     data = "digits" if quick else "mnist"
     rounds, eval_every, seeds = (30, 10, [0]) if quick else (l2a.ROUNDS, 50, [0])
     attacks = (SEEN[:2] + UNSEEN[:1]) if quick else (SEEN + UNSEEN)
-    dirs = l2a.ensure_aggregators(list(dict.fromkeys(FOLDERS[m] for m in LEARNED)), out / "aggregators" if quick else l2a.AGGREGATOR_ROOT,
+    dirs = l2a.ensure_aggregators(list(dict.fromkeys(FOLDERS[m] for m in LEARNED)), l2a.aggregator_root(out, quick),
                                   data_dir, quick)
     aggs = {m: dirs[FOLDERS[m]] for m in LEARNED}
     t_train = time.perf_counter() - t0
@@ -121,7 +121,7 @@ def _report(rows: list[dict[str, Any]], out: Path, settings: list, aggs: dict[st
         "# l2a-fig6: learned aggregators under Byzantine attack (Ji et al., IJCAI 2019, Fig. 6)", "",
         f"Command: `byzlearn reproduce l2a-fig6{' --quick' if quick else ''} --data-dir ../shared/data/mnist`  ",
         f"Machine: {machine()}  ",
-        l2a.wall_line(wall, t_train, out / "aggregators" if quick else l2a.AGGREGATOR_ROOT), "",
+        l2a.wall_line(wall, t_train, l2a.aggregator_root(out, quick)), "",
         f"Final test accuracy (%) after {rounds} rounds; 10 workers, MNIST, MLP 784-20-10 sigmoid, batch {l2a.BATCH}, server "
         f"SGD lr {l2a.SERVER_LR}. Krum is declared with f = 3 (its largest admissible f for n = 10) in every column. "
         "ALIE uses z = 1 (its default z is undefined at 7 of 10). '(unseen)': an attack the learned aggregators never met "

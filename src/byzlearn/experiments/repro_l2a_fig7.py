@@ -88,7 +88,7 @@ def fig7(out: Path, quick: bool, data_dir: str | None) -> None:
     t0 = time.perf_counter()
     data = "digits" if quick else "mnist"
     rounds, eval_every, seeds = (30, 10, [0]) if quick else (l2a.ROUNDS, 25, [0, 1])
-    aggs = l2a.ensure_aggregators(LEARNED, out / "aggregators" if quick else l2a.AGGREGATOR_ROOT, data_dir, quick)
+    aggs = l2a.ensure_aggregators(LEARNED, l2a.aggregator_root(out, quick), data_dir, quick)
     t_train = time.perf_counter() - t0
     ds = load_dataset(data, data_dir, download=True)
     rows = l2a.run_all(specs_for(data, aggs, seeds, rounds, eval_every), {data: ds}, jobs=1 if quick else 2, run=_run_spec)
@@ -127,7 +127,7 @@ def _write_md(rows: list[dict[str, Any]], out: Path, aggs: dict[str, Path], wall
         f"Command: `byzlearn reproduce l2a-fig7{' --quick' if quick else ''} --data-dir ../shared/data/mnist`"
         + (" (quick: a reduced smoke run on the digits data, not the reproduction)" if quick else "") + "  ",
         f"Machine: {machine()}  ",
-        l2a.wall_line(wall, t_train, out / "aggregators" if quick else l2a.AGGREGATOR_ROOT), "",
+        l2a.wall_line(wall, t_train, l2a.aggregator_root(out, quick)), "",
         "## Setting", "",
         f"- {data}; 4 systems of {SYSTEM_WORKERS} workers, each system's training set split into {SYSTEM_WORKERS} equal iid shards; "
         f"{PICKED} workers drawn at random, once, from each system (seed 0 draws: {chosen}); 12 gradients per round, ordered by "
