@@ -27,11 +27,14 @@ class DataConfig:
     name: str = "digits"
     data_dir: str | None = None
     download: bool = True
-    partition: Literal["iid", "dirichlet", "labels"] = "iid"
+    partition: Literal["iid", "dirichlet", "labels", "gamma_similarity", "extreme"] = "iid"
     alpha: float = 0.5
     labels_per_worker: int = 2
     public_size: int = 0
     public_batch: int = 16
+    gamma: float = 0.5  # gamma_similarity: the iid fraction of the training set (1: iid, 0: extreme), ByzFL's
+    validation_size: int = 0  # training samples held out of every shard for model selection (byzlearn tune)
+    shards: Literal["all", "honest"] = "all"  # who holds a shard: every worker, or only the honest ones (ByzFL)
 
 
 @dataclass
@@ -45,6 +48,8 @@ class WorkersConfig:
     byzantine: int = 0
     batch_size: int = 32
     byzantine_set: Literal["fixed", "redraw"] = "fixed"
+    momentum: float = 0.0  # worker momentum beta (0: workers send raw gradients)
+    momentum_form: Literal["ema", "sum"] = "ema"  # ema: m <- beta m + (1 - beta) g (ByzFL); sum: m <- beta m + g, m_0 = g
 
 
 @dataclass
@@ -57,6 +62,7 @@ class TrainConfig:
     eval_batch_size: int = 10000
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     compile: bool = False  # torch.compile the batched gradient pass
+    algorithm: Literal["dsgd", "fedavg"] = "dsgd"  # D-SGD (one gradient or momentum per worker) or robust FedAvg ([fedavg])
 
 
 @dataclass
@@ -78,10 +84,29 @@ class DistributedConfig:
     byzantine_peers: Literal["attack", "equivocate", "silent"] = "attack"  # decentralised Byzantine behaviour
 
 
+@dataclass
+class FedAvgConfig:
+    """Robust FedAvg (``train.algorithm = "fedavg"``): sampled clients run K local SGD steps from the global model."""
+
+    local_steps: int = 1  # K
+    local_lr: float = 0.1
+    local_weight_decay: float = 0.0
+    fraction: float = 1.0  # clients sampled per round: max(1, int(fraction * workers.n)), honest and Byzantine alike
+    aggregate: Literal["update", "weights"] = "update"  # update: w_start - w_end to the server optimiser; weights: replace (ByzFL)
+
+
 FIXED_SECTIONS: dict[str, type] = {
     "data": DataConfig, "model": ModelConfig, "workers": WorkersConfig, "train": TrainConfig, "distributed": DistributedConfig,
+    "fedavg": FedAvgConfig,
 }
-OPTIONAL_SECTIONS = ("distributed",)  # written (and hashed) only when some key differs from its default
+OPTIONAL_SECTIONS = ("distributed", "fedavg")  # written (and hashed) only when some key differs from its default
+# keys added after configs and run folders were first committed: written (and hashed) only when set,
+# so every older config keeps its resolved file and its hash
+OPTIONAL_KEYS = {
+    "data": ("gamma", "validation_size", "shards"),
+    "workers": ("momentum", "momentum_form"),
+    "train": ("algorithm",),
+}
 OPEN_DEFAULTS: dict[str, dict[str, Any]] = {
     "attack": {"name": "none"},
     "aggregator": {"name": "mean"},
@@ -97,6 +122,7 @@ class Config:
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    fedavg: FedAvgConfig = field(default_factory=FedAvgConfig)
     attack: dict[str, Any] = field(default_factory=lambda: dict(OPEN_DEFAULTS["attack"]))
     aggregator: dict[str, Any] = field(default_factory=lambda: dict(OPEN_DEFAULTS["aggregator"]))
     optimizer: dict[str, Any] = field(default_factory=lambda: dict(OPEN_DEFAULTS["optimizer"]))
@@ -108,6 +134,11 @@ class Config:
             d = dataclasses.asdict(sec) if dataclasses.is_dataclass(sec) else dict(sec)
             if name in OPTIONAL_SECTIONS and d == dataclasses.asdict(type(sec)()):
                 continue
+            if name in OPTIONAL_KEYS:
+                default = type(sec)()
+                for key in OPTIONAL_KEYS[name]:
+                    if d[key] == getattr(default, key):
+                        del d[key]
             out[name] = {k: v for k, v in d.items() if v is not None}  # TOML has no null: absent = None
         return out
 
@@ -124,6 +155,9 @@ class Config:
         d.pop("distributed", None)
         if dist != DistributedConfig():
             d["distributed"] = dataclasses.asdict(dist)
+        # the partition parameter of another scheme does not change the experiment
+        if self.data.partition != "gamma_similarity":
+            d["data"].pop("gamma", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -19,7 +19,8 @@ One round (``DracoSimulator.step``):
    output; the attack sees the honest workers' messages as ``ctx.honest`` and the Byzantine
    workers' own honest messages as ``ctx.own``; a dropped message is an erasure;
 5. decoding gives the exact sum of the partition gradients (or status ``detected``); the server
-   optimiser applies the mean (sum / n). When decoding cannot be trusted the round is skipped
+   optimiser applies the mean (sum / n); with ``workers.momentum`` the momentum recursion is applied to
+   that decoded mean (equal, by linearity, to the mean of the honest momenta of a fault-free run). When decoding cannot be trusted the round is skipped
    (``fallback = "skip"``) or the workers' own single-partition gradients (forged for the Byzantine
    ones) are aggregated with the fallback rule (e.g. ``"geometric_median"``): one extra message per
    worker, no extra gradient work.
@@ -40,7 +41,9 @@ from ..aggregators import build_aggregator
 from ..attacks import AttackContext
 from ..config import Config
 from ..data import Dataset
+from ..engine.round import RoundDraw, forge
 from ..engine.simulator import Simulator
+from ..engine.work import Momentum
 from ..registry import ConfigError
 from . import repetition
 from .aggregators import DracoAggregator
@@ -62,6 +65,11 @@ class DracoSimulator(Simulator):
             raise ConfigError(f"DracoSimulator needs aggregator.name = draco_repetition or draco_cyclic, got {agg.name!r}")
         if self.attack.poisons_data:
             raise ConfigError(f"attack {self.attack.name!r} poisons data; the DRACO engine supports message-level attacks only")
+        # worker momentum would break the exactness argument (the decoder needs every replica of a partition
+        # gradient to be equal); applied AFTER decoding, to the exact mean, it equals the mean of the honest
+        # workers' momenta of a fault-free run, because the recursion is linear
+        self.momentum = None
+        self.decoded_momentum = Momentum(1, self.d, cfg.workers.momentum, cfg.workers.momentum_form) if cfg.workers.momentum > 0 else None
         self.code, self.s, self.compute = agg.code, agg.s, agg.compute
         n = self.n
         self.assign = assignment(self.code, n, self.s)
@@ -117,19 +125,18 @@ class DracoSimulator(Simulator):
         self.timers["encode"] += t2 - t1
         return M, G, losses
 
-    def _forge(self, M: Tensor, honest_ids: Tensor, byz_ids: Tensor, agg_ctx: Any) -> Tensor:
-        """Replace the Byzantine rows of ``M`` by the attack's output (dropped rows become NaN: erasures)."""
+    def _forge(self, M: Tensor, draw: RoundDraw, agg_ctx: Any) -> Tensor:
+        """The attack phase on code words: the Byzantine rows of ``M`` replaced (dropped rows become NaN: erasures)."""
         if self.f == 0:
             return M
+        byz_ids = draw.byzantine
         ctx = AttackContext(
-            n=self.n, f=self.f, round=self.round, honest=M.index_select(0, honest_ids),
+            n=self.n, f=self.f, round=self.round, honest=M.index_select(0, draw.honest),
             own=M.index_select(0, byz_ids) if self.attack.needs_own_gradients else None, params=self.theta,
             aggregator=self.aggregator, generator=self.gens["attack"], aggregation=agg_ctx,
         )
-        forged = self.attack.forge(ctx)
+        forged = forge(self.attack, ctx, M.shape[1])
         k = forged.shape[0]
-        if k > self.f or (k and forged.shape[1] != M.shape[1]):
-            raise RuntimeError(f"attack {self.attack.name!r} returned shape {tuple(forged.shape)}; expected at most ({self.f}, {M.shape[1]})")
         M.index_copy_(0, byz_ids[:k], forged.to(device=M.device, dtype=M.dtype))
         if k < self.f:
             M[byz_ids[k:]] = float("nan")
@@ -148,11 +155,10 @@ class DracoSimulator(Simulator):
     # -- one round ---------------------------------------------------------------------------------
     def step(self) -> float:
         ctx = self.aggregation_context()
-        honest_ids, byz_ids = self._roles()
-        idx = self.sampler.sample(self.gens["sample"])
-        M, G, losses = self.partition_gradients(idx)
+        draw = self.draw()
+        M, G, losses = self.partition_gradients(draw.batches)
         t0 = self._sync()
-        M = self._forge(M, honest_ids, byz_ids, ctx)
+        M = self._forge(M, draw, ctx)
         t1 = self._sync()
         total, status = self.decode(M)
         t2 = self._sync()
@@ -160,7 +166,7 @@ class DracoSimulator(Simulator):
         self.timers["decode"] += t2 - t1
         self.timed_rounds += 1
         # the fallback costs one more message per worker: its own partition gradient
-        self.apply_decoded(total, status, lambda: self._forge(G.clone(), honest_ids, byz_ids, ctx), ctx)
+        self.apply_decoded(total, status, lambda: self._forge(G.clone(), draw, ctx), ctx)
         self.round += 1
         return float(losses.mean())
 
@@ -176,6 +182,8 @@ class DracoSimulator(Simulator):
         update = None
         if status.trusted:
             update = total / self.n
+            if self.decoded_momentum is not None:
+                update = self.decoded_momentum.step(update.unsqueeze(0), torch.zeros(1, dtype=torch.long))[0]
         elif self.fallback_rule is not None:
             c["fallback_used"] += 1
             Gf = fallback_batch()
@@ -188,8 +196,18 @@ class DracoSimulator(Simulator):
         else:
             c["rounds_skipped"] += 1
         if update is not None:
-            self.theta.grad = update.to(self.theta.dtype)
-            self.optimizer.step()
+            self.apply_update(update)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.decoded_momentum is not None:
+            state["decoded_momentum"] = self.decoded_momentum.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if self.decoded_momentum is not None:
+            self.decoded_momentum.load_state_dict(state.get("decoded_momentum", {}), self.device)
 
     def extra_metrics(self) -> dict[str, Any]:
         """DRACO status counters (cumulative) and mean per-round times in ms of this session."""

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from ..attacks import ATTACKS, AttackContext
+from ..engine.round import forge
 from ..registry import ConfigError
 
 BEHAVIOURS = ("silent", "equivocate", "constant")
@@ -114,7 +115,7 @@ class Adversary:
         own = Z.mean(dim=0, keepdim=True).expand(f, d) if getattr(self.attack, "needs_own_gradients", False) else None
         ctx = AttackContext(n=n, f=f, round=round, honest=Z, own=own, params=Z.mean(dim=0), aggregator=None, generator=generator)
         try:
-            rows = self.attack.forge(ctx)
+            rows = forge(self.attack, ctx, d)  # the attack contract, as in every engine
         except (AttributeError, TypeError) as e:  # adaptive attacks probe a server rule
             raise ConfigError(f"attack {self.kind!r} needs a server-side rule to probe; not available in averaging agreement ({e})") from e
         k = rows.shape[0]

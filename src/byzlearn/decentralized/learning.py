@@ -6,7 +6,8 @@ n peers, f of them Byzantine, no server. Honest peer j holds its own parameters 
 peer). Per step t:
 
 1. every honest peer computes a stochastic gradient on its own minibatch (all peers in ONE
-   ``vmap(grad_and_value(loss), in_dims=(0, 0, 0))`` pass over the parameter matrix);
+   ``vmap(grad_and_value(loss), in_dims=(0, 0, 0))`` pass over the parameter matrix); with
+   ``momentum > 0`` it keeps a worker momentum of them (``engine.work.Momentum``) and agrees on that;
 2. gradient agreement: ``N_t = 1 + ceil(log2 t)`` rounds of averaging agreement on the gradients
    (more rounds as t grows; ``max_grad_rounds`` caps it), the Byzantine peers sending what their
    behaviour dictates;
@@ -32,6 +33,7 @@ from torch.func import grad_and_value, vmap
 from ..data import load_dataset, pad_shards, partition
 from ..data.base import Dataset
 from ..engine.sampling import ShardSampler
+from ..engine.work import Momentum
 from ..models import MODELS, FlatModel
 from ..registry import ConfigError
 from .adversary import Adversary
@@ -62,6 +64,8 @@ class LearnSetup:
     broadcast: bool = True
     eval_size: int | None = None  # test samples used for the per-peer accuracies (None: all)
     threads: int = 0  # torch intra-op threads (0: leave as is; 1 is much faster for these small tensors on a loaded machine)
+    momentum: float = 0.0  # worker momentum of each honest peer's gradients before the gradient agreement (engine.work)
+    momentum_form: str = "ema"
 
 
 def learn(setup: LearnSetup, dataset: Dataset | None = None, progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -90,6 +94,8 @@ def learn(setup: LearnSetup, dataset: Dataset | None = None, progress: Callable[
         return F.cross_entropy(model(th, x), y)
 
     grads = vmap(grad_and_value(loss), in_dims=(0, 0, 0))
+    momentum = Momentum(h, model.d, s.momentum, s.momentum_form) if s.momentum > 0 else None
+    peers = torch.arange(h)
     logits = vmap(lambda th, x: model(th, x), in_dims=(0, None))
     x_test, y_test = ds.x_test, ds.y_test
     if s.eval_size is not None:
@@ -112,6 +118,8 @@ def learn(setup: LearnSetup, dataset: Dataset | None = None, progress: Callable[
         x = ds.x_train[idx.reshape(-1)].view(*idx.shape, *ds.x_train.shape[1:])
         y = ds.y_train[idx.reshape(-1)].view(idx.shape)
         g, losses = grads(theta, x, y)
+        if momentum is not None:
+            g = momentum.step(g, peers)
         evaluate = t % s.eval_every == 0 or t == s.steps
         ta = time.perf_counter()
         N = agreement_rounds(t, s.max_grad_rounds)

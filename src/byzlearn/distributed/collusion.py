@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from ..attacks import AttackContext
+from ..engine.round import AttackContractError, forge
 from . import frames
 from .frames import Frame, Kind, Malformed
 from .protocol import TAG_COLLUDE
@@ -98,11 +99,12 @@ class Collusion:
             return None
         return frame.payload.clone()
 
-    def lead(self, r: int, own: Tensor | None, honest_ids: list[int], byz_ids: list[int], theta: Tensor) -> Tensor | None:
+    def lead(self, r: int, own: Tensor | None, draw, theta: Tensor) -> Tensor | None:
         """The leader: collect, forge the coalition's rows, hand them out; returns its own row (None: drop)."""
         wk = self.wk
         sim, spec = wk.sim, wk.spec
         attack = sim.attack
+        honest_ids, byz_ids = draw.honest.tolist(), draw.byzantine.tolist()
         wanted: set[tuple[int, Kind]] = set()
         if attack.omniscient:
             wanted |= {(h, Kind.TAP) for h in honest_ids}
@@ -117,6 +119,7 @@ class Collusion:
             mine = own if own is not None else torch.zeros(spec.length, dtype=spec.dtype)
             owns = torch.stack([mine if b == wk.w else got[(b, Kind.OWN)].payload if (b, Kind.OWN) in got else mine for b in byz_ids])
         f = len(byz_ids)
+        byz_rows = draw.rows_of(draw.byzantine)
         agg_ctx = sim.aggregation_context()
         parts = [(0, D)] + ([(D, D + d)] if spec.fallback else [])
         forged_parts = []
@@ -125,14 +128,12 @@ class Collusion:
             H = honest[:, lo:hi].to(device=sim.device, dtype=dtype)
             ctx = AttackContext(
                 n=wk.n, f=f, round=r, honest=H, own=None if owns is None else owns[:, lo:hi].to(device=sim.device, dtype=H.dtype),
-                params=theta, aggregator=sim.aggregator, generator=sim.gens["attack"], aggregation=agg_ctx,
+                params=theta, aggregator=sim.aggregator, generator=sim.gens["attack"], aggregation=agg_ctx, byzantine=byz_rows,
             )
-            if hasattr(ctx, "byzantine"):  # the Byzantine rows' indices in the server's batch, as the simulator gives them
-                ctx.byzantine = torch.tensor(byz_ids, device=sim.device)
             try:
-                rows = attack.forge(ctx)
-                if rows.shape[0] > f or (rows.shape[0] and rows.shape[1] != hi - lo):
-                    raise RuntimeError(f"attack {attack.name!r} returned shape {tuple(rows.shape)}")
+                rows = forge(attack, ctx, hi - lo)
+            except AttackContractError:
+                raise  # a bug in the attack, reported as by every engine
             except Exception as e:  # noqa: BLE001 - an attack that cannot forge this round sends nothing
                 wk.note(f"round {r}: the attack could not forge ({e}); the coalition sends nothing")
                 rows = torch.empty(0, hi - lo)

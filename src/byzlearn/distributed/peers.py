@@ -324,7 +324,7 @@ class PeerProcess:
         sim, dc = self.sim, self.cfg.distributed
         cap = dc.grad_rounds or None
         for t in range(1, self.cfg.train.rounds + 1):
-            idx = sim.sampler.sample(sim.gens["sample"])
+            draw = sim.draw()  # every peer replays the draw phase (its own minibatch among all)
             N = agreement_rounds(t, cap)
             if self.is_byz:
                 for k in range(N):
@@ -333,12 +333,11 @@ class PeerProcess:
                     self.byzantine_round(t, MODEL, k)
                 self._forget(t)
                 continue
-            g, loss = sim.worker_gradients(idx[self.j:self.j + 1])
+            g, loss = sim.honest_messages(draw, torch.tensor([self.j], device=sim.device))  # gradient or momentum
             z = g[0].detach()
             for k in range(N):
                 z = self.agree(t, GRAD, k, z)
-            sim.theta.grad = z.to(sim.theta.dtype)
-            sim.optimizer.step()
+            sim.apply_update(z)
             th = sim.theta.detach().clone()
             for k in range(dc.model_rounds):
                 th = self.agree(t, MODEL, k, th)

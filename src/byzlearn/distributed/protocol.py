@@ -23,6 +23,7 @@ import torch
 from .frames import Kind, Layout
 
 TAG_PARAMS, TAG_GRAD, TAG_COLLUDE, TAG_PEER, TAG_REPORT = 1, 2, 3, 4, 5
+TAG_STATE = 6  # server -> worker after a resume: the worker's momentum row (a PARAMS frame of length d)
 
 
 @dataclass(frozen=True)

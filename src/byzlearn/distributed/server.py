@@ -10,9 +10,15 @@ Faults. The server waits for the round's messages with a deadline (``distributed
 proceeds as soon as ``q`` of them arrived (``distributed.quorum``; 0 = every live worker); a worker
 whose connection closed (crash) is no longer waited for. Messages that do not arrive in time are
 *missing* (the rule sees only what arrived; a stale one arriving later is counted *late* and
-dropped); malformed frames (wrong size, wrong round, duplicates) are counted and dropped. A round
-with fewer messages than the rule needs is skipped (no update). All counters are in the metrics,
-the summary and the checkpoint.
+dropped); malformed frames (wrong size, wrong round, duplicates, a FedAvg client that was not
+sampled) are counted and dropped. A round with fewer messages than the rule needs is skipped (no
+update). All counters are in the metrics, the summary and the checkpoint.
+
+The round is the simulator's phased round (``engine.round``): ``sim.draw()`` (kept in step with the
+workers, which replay it), the messages from the worker processes, then ``sim.update`` (rule and
+server update). With worker momentum, the honest messages are the workers' momenta; the server keeps
+them in the simulator's buffer so that its checkpoint is the simulator's, and after a resume sends
+each worker its row back (tag ``STATE``).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from ..engine import make_simulator
 from . import frames, group
 from .frames import Frame, Kind, Malformed
 from .group import World
-from .protocol import TAG_GRAD, TAG_PARAMS, MessageSpec
+from .protocol import TAG_GRAD, TAG_PARAMS, TAG_STATE, MessageSpec
 from .transport import Closed, Inbox, Links
 
 COUNTERS = ("missing_gradients", "late_gradients", "malformed_messages", "skipped_rounds")
@@ -77,6 +83,13 @@ class ServerEngine:
     def evaluate(self) -> tuple[float, float]:
         return self.sim.evaluate()
 
+    @property
+    def has_validation(self) -> bool:
+        return self.sim.has_validation
+
+    def evaluate_validation(self) -> tuple[float, float]:
+        return self.sim.evaluate_validation()
+
     def extra_metrics(self) -> dict[str, Any]:
         out = dict(self.sim.extra_metrics())
         out.update(self.counters)
@@ -96,18 +109,23 @@ class ServerEngine:
         self.counters.update(extra.get("counters", {}))
         # processes are new after a resume: every worker is given another chance
         self.crashed = set()
+        # worker momentum lives in the worker processes: hand each its row of the checkpoint back
+        mom = self.sim.momentum
+        if mom is not None and mom.buffer is not None:
+            for w in range(self.n):
+                self.links.send(w + 1, TAG_STATE, frames.encode(Kind.PARAMS, self.sim.round, 0, mom.buffer[w].detach().cpu()))
 
     # -- one round ------------------------------------------------------------------------------
     def _note(self, text: str) -> None:
         self.log.append(f"round {self.sim.round}: {text}")
 
-    def _collect(self, r: int) -> dict[int, Tensor]:
-        """Round ``r``'s messages by worker index: the first ``q`` within the deadline."""
+    def _collect(self, r: int, expected: set[int]) -> dict[int, Tensor]:
+        """Round ``r``'s messages by worker index: the first ``q`` of the ``expected`` senders within the deadline."""
         dc = self.cfg.distributed
         quorum = dc.quorum or self.n
         deadline = time.monotonic() + dc.deadline
         rows: dict[int, Tensor] = {}
-        while len(rows) < min(quorum, self.n - len(self.crashed)):
+        while len(rows) < min(quorum, len(expected - self.crashed)):
             item = self.inbox.get(deadline)
             if item is None:
                 break
@@ -124,9 +142,9 @@ class ServerEngine:
                 assert isinstance(msg, Frame)
                 if msg.round < r:
                     self.counters["late_gradients"] += 1
-                elif msg.round > r or w in rows:
+                elif msg.round > r or w in rows or w not in expected:
                     self.counters["malformed_messages"] += 1
-                    self._note(f"worker {w} sent a message for round {msg.round} (duplicate or from the future)")
+                    self._note(f"worker {w} sent a message for round {msg.round} (duplicate, from the future, or not sampled)")
                 else:
                     rows[w] = msg.payload
         return rows
@@ -136,25 +154,25 @@ class ServerEngine:
         t0 = time.perf_counter()
         r = sim.round
         ctx = sim.aggregation_context()
-        honest_ids, byz_ids = sim._roles()
-        sim.sampler.sample(sim.gens["sample"])  # the workers draw the same; keeps the checkpoint the simulator's
+        draw = sim.draw()  # the workers replay the same draw; keeps the checkpoint the simulator's
         params = frames.encode(Kind.PARAMS, r, 0, sim.theta.detach())
         for w in range(self.n):
             if w not in self.crashed:
                 self.links.send(w + 1, TAG_PARAMS, params, latest=True)
         t1 = time.perf_counter()
-        rows = self._collect(r)
+        expected = set(range(self.n)) if draw.participants is None else set(draw.participants.tolist())
+        rows = self._collect(r, expected)
         t2 = time.perf_counter()
-        self.counters["missing_gradients"] += self.n - len(rows)
+        self.counters["missing_gradients"] += len(expected) - len(rows)
         order = sorted(rows)
-        honest = set(honest_ids.tolist())
+        honest = set(draw.honest.tolist())
         spec = self.spec
         losses = [float(rows[w][spec.length - 2]) for w in order if w in honest]
         compute = max((float(rows[w][spec.length - 1]) for w in order), default=0.0)
         if self.draco:
-            self._draco_update(rows, order, ctx, honest_ids, byz_ids)
+            self._draco_update(rows, order, ctx)
         else:
-            self._update(rows, order, ctx)
+            self._update(rows, order, ctx, honest)
         sim.round += 1
         t3 = time.perf_counter()
         self.timing["round"] += t3 - t0
@@ -164,7 +182,7 @@ class ServerEngine:
         self.timed_rounds += 1
         return sum(losses) / len(losses) if losses else float("nan")
 
-    def _update(self, rows: dict[int, Tensor], order: list[int], ctx) -> None:
+    def _update(self, rows: dict[int, Tensor], order: list[int], ctx, honest: set[int]) -> None:
         sim = self.sim
         m = len(order)
         problem = "no message arrived" if m == 0 else sim.aggregator.requirement(m)
@@ -173,12 +191,12 @@ class ServerEngine:
             self._note(f"round skipped: {m} messages, the rule requires {problem}")
             return
         G = torch.stack([rows[w][: self.spec.d] for w in order]).to(device=sim.device, dtype=sim.theta.dtype)
-        ctx.owns_batch = True
-        update = sim.aggregator(G, ctx)
-        sim.theta.grad = update.to(sim.theta.dtype)
-        sim.optimizer.step()
+        if sim.momentum is not None:  # an honest message is the worker's momentum: the checkpoint keeps it
+            pos = [i for i, w in enumerate(order) if w in honest]
+            sim.momentum.observe(G[pos], torch.tensor([order[i] for i in pos], dtype=torch.long))
+        sim.update(G, ctx)
 
-    def _draco_update(self, rows: dict[int, Tensor], order: list[int], ctx, honest_ids, byz_ids) -> None:
+    def _draco_update(self, rows: dict[int, Tensor], order: list[int], ctx) -> None:
         """DracoSimulator.step's decoding and fallback on the received code words (missing = erasure)."""
         sim, spec = self.sim, self.spec
         M = torch.full((self.n, spec.D), float("nan"), dtype=spec.dtype)

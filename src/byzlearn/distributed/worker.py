@@ -7,9 +7,12 @@ generator, so the worker draws them all and keeps its own row; the round's Byzan
 the same stream as the server's), which makes its minibatch and role exactly the simulator's, also
 after rounds it skipped (slow) and after a server resume (it replays from round 0).
 
-An honest worker computes its gradient (``torch.func`` ``grad`` of the same loss, one worker's
-row of the simulator's batched pass) or, under DRACO, the gradients of its assigned partitions and
-their encoding, and sends it. A Byzantine worker runs the attack through the collusion channel.
+An honest worker computes its message with the simulator's own compute phase for its one row
+(``Simulator.honest_messages``: its gradient, one row of the simulator's batched pass; or its momentum,
+kept in this process; or, for robust FedAvg when it is sampled, its K local steps) or, under DRACO,
+the gradients of its assigned partitions and their encoding, and sends it. A Byzantine worker runs the
+attack through the collusion channel. After a server resume, a worker with momentum gets its row of
+the checkpoint from the server (tag ``STATE``) before it computes again.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from .collusion import Collusion
 from .faults import Fault
 from .frames import Frame, Kind, Malformed
 from .group import World
-from .protocol import TAG_GRAD, TAG_PARAMS, MessageSpec
+from ..engine.round import RoundDraw
+from .protocol import TAG_GRAD, TAG_PARAMS, TAG_STATE, MessageSpec
 from .transport import Closed, Inbox, Links
 
 
@@ -41,10 +45,14 @@ class WorkerProcess:
         self.links = Links(world.rank)
         self.params = Inbox()
         self.links.listen(0, TAG_PARAMS, self.spec.params_layout(), self.params)
+        self.state = Inbox()
+        if self.sim.momentum is not None:
+            self.links.listen(0, TAG_STATE, self.spec.params_layout(), self.state)
         self.collusion = Collusion(self) if cfg.workers.byzantine > 0 else None
         self.next_round = 0
-        self.idx: Tensor | None = None
+        self.draw: RoundDraw | None = None
         self.roles: tuple[list[int], list[int]] = ([], [])
+        self.started = False
         self.notes: list[str] = []
         self.fault = Fault.from_env()
         group.ready(cfg, world)
@@ -54,28 +62,39 @@ class WorkerProcess:
 
     # -- the shared random streams ------------------------------------------------------------------
     def advance(self, r: int) -> None:
-        """Replay the simulator's per-round draws (roles, then minibatches) up to round ``r``."""
+        """Replay the simulator's draw phase (roles, client sampling, minibatches) up to round ``r``."""
         sim = self.sim
         while self.next_round <= r:
             sim.round = self.next_round
-            honest, byz = sim._roles()
-            self.idx = sim.sampler.sample(sim.gens["sample"])
-            self.roles = (honest.tolist(), byz.tolist())
+            self.draw = sim.draw()
+            self.roles = (self.draw.honest.tolist(), self.draw.byzantine.tolist())
             self.next_round += 1
+
+    def restore(self, r: int) -> None:
+        """First round seen is ``r > 0`` (a resumed run): take this worker's momentum row from the server."""
+        deadline = time.monotonic() + self.cfg.distributed.deadline
+        while True:
+            item = self.state.get(deadline)
+            if item is None:
+                self.note(f"round {r}: no momentum state from the server; this worker's momentum restarts from 0")
+                return
+            msg = item[1]
+            if isinstance(msg, Frame) and msg.round == r:
+                self.sim.momentum.set_row(self.w, msg.payload.to(self.sim.device))
+                return
 
     # -- messages -------------------------------------------------------------------------------------
     def message(self, poison: bool = False) -> Tensor:
-        """This worker's payload: code word (gradient), [own partition gradient], loss, compute seconds."""
+        """This worker's payload: code word (gradient, momentum or local update), [own partition gradient], loss, compute seconds."""
         sim, spec, w = self.sim, self.spec, self.w
         t0 = time.perf_counter()
         if not self.draco:
-            mask = torch.ones(1, dtype=torch.bool) if poison else None
-            g, loss = sim.worker_gradients(self.idx[w:w + 1], mask)
+            g, loss = sim.honest_messages(self.draw, torch.tensor([w], device=sim.device), poison)
             parts = [g[0].detach().cpu().to(spec.dtype)]
             loss = float(loss[0])
         else:
             assigned = sim.assign[w]
-            copies, losses = sim.worker_gradients(self.idx[assigned])
+            copies, losses = sim.worker_gradients(self.draw.batches[assigned])
             own = int((assigned == w).nonzero())
             if sim.cyclic is None:  # repetition: the group's sum, as every member of the group sends
                 word = copies.sum(0).detach().cpu()
@@ -126,8 +145,15 @@ class WorkerProcess:
             if self.fault is not None:
                 self.fault.before(r)
             self.advance(r)
+            if not self.started:
+                self.started = True
+                if r > 0 and sim.momentum is not None:
+                    self.restore(r)
             with torch.no_grad():
                 sim.theta.copy_(frame.payload.to(device=sim.device, dtype=sim.theta.dtype))
+            draw = self.draw
+            if draw.participants is not None and w not in draw.participants.tolist():
+                continue  # FedAvg: not sampled this round
             honest, byz = self.roles
             if w in honest or self.collusion is None:
                 payload = self.message()
@@ -138,7 +164,7 @@ class WorkerProcess:
             attack = sim.attack
             own = self.message(poison=attack.poisons_data) if attack.needs_own_gradients else None
             if w == byz[0]:
-                row = self.collusion.lead(r, own, honest, byz, sim.theta.detach().clone())
+                row = self.collusion.lead(r, own, draw, sim.theta.detach().clone())
             else:
                 row = self.collusion.member(byz[0], r, own)
             if row is not None:

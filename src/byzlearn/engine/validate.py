@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..aggregators import build_aggregator
@@ -11,6 +13,7 @@ from ..data import DATASETS
 from ..models import MODELS
 from ..optim import OPTIMIZERS
 from ..registry import ConfigError, check_params
+from .work import client_count
 
 
 def resolve_device(name: str) -> torch.device:
@@ -68,7 +71,39 @@ def validate(cfg: Config) -> None:
     _positive(dc.model_rounds, "distributed.model_rounds", 0)
     check_params(ATTACKS, cfg.attack["name"], {k: v for k, v in cfg.attack.items() if k != "name"}, "attack")
     check_params(OPTIMIZERS, cfg.optimizer["name"], {k: v for k, v in cfg.optimizer.items() if k != "name"}, "optimizer", skip=("params",))
+    _check_protocol(cfg)
     agg = build_aggregator(cfg.aggregator, f_default=w.byzantine)
-    agg.check(w.n)
+    agg.check(client_count(cfg) if t.algorithm == "fedavg" else w.n)
     if getattr(agg, "rule", agg).needs_public_batch and d.public_size == 0:
         raise ConfigError(f"aggregator {agg.name!r} scores the workers on the server's public batch: set data.public_size > 0 (e.g. 1000)")
+
+
+def _check_protocol(cfg: Config) -> None:
+    """Worker momentum, robust FedAvg and the data splits of the standard protocols."""
+    w, t, d, fa = cfg.workers, cfg.train, cfg.data, cfg.fedavg
+    if not (math.isfinite(w.momentum) and 0.0 <= w.momentum < 1.0):
+        raise ConfigError(f"workers.momentum = {w.momentum} must be in [0, 1) (0: workers send raw gradients; 0.9 is the usual beta)")
+    if not (math.isfinite(d.gamma) and 0.0 <= d.gamma <= 1.0):
+        raise ConfigError(f"data.gamma = {d.gamma} must be in [0, 1] (the iid fraction of gamma_similarity: 1 iid, 0 extreme)")
+    _positive(d.validation_size, "data.validation_size", 0)
+    if d.shards == "honest" and w.byzantine_set != "fixed":
+        raise ConfigError("data.shards = 'honest' gives shards to the honest workers only, which needs a fixed Byzantine set: "
+                          "set workers.byzantine_set = 'fixed' or data.shards = 'all'")
+    draco = str(cfg.aggregator.get("name", "")).startswith("draco_")
+    if t.algorithm != "fedavg":
+        return
+    _positive(fa.local_steps, "fedavg.local_steps")
+    if not (math.isfinite(fa.local_lr) and fa.local_lr > 0):
+        raise ConfigError(f"fedavg.local_lr = {fa.local_lr} must be a finite number > 0")
+    if not (math.isfinite(fa.local_weight_decay) and fa.local_weight_decay >= 0):
+        raise ConfigError(f"fedavg.local_weight_decay = {fa.local_weight_decay} must be a finite number >= 0")
+    if not (math.isfinite(fa.fraction) and 0.0 < fa.fraction <= 1.0):
+        raise ConfigError(f"fedavg.fraction = {fa.fraction} must be in (0, 1] (the fraction of clients sampled per round)")
+    if w.momentum > 0:
+        raise ConfigError("workers.momentum applies to train.algorithm = 'dsgd'; FedAvg clients run plain local SGD "
+                          "(ByzFL's FedAvg): set workers.momentum = 0, or use server momentum (optimizer.momentum)")
+    if draco:
+        raise ConfigError("DRACO decodes redundant gradients of one model, which K local steps per client break: "
+                          "use train.algorithm = 'dsgd' with a draco_* aggregator")
+    if cfg.distributed.mode == "decentralized":
+        raise ConfigError("robust FedAvg needs a server: use distributed.mode = 'server' (decentralised peers run LEARN)")

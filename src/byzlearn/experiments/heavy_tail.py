@@ -4,8 +4,9 @@
 Gaussian N(0, 2 scale^2), alpha < 2 has infinite variance (tail P(|X| > x) ~ x^-alpha), alpha = 1
 is Cauchy. ``NoisySimulator`` is the ordinary ``Simulator`` whose workers each add i.i.d. noise of
 one such law to every coordinate of the gradient they compute, before the attack sees the honest
-rows; the noise has its own seeded generator, saved in ``state_dict`` (exact resume). It subclasses
-the engine instead of changing it: the engine itself has no noise option.
+rows; the noise has its own seeded generator, saved in ``state_dict`` (exact resume). It hooks the
+round's compute phase (``Simulator.worker_gradients``, which names the computing workers) instead of
+changing the engine: the engine itself has no noise option.
 """
 
 from __future__ import annotations
@@ -53,13 +54,13 @@ class NoisySimulator(Simulator):
         self.noise_alpha, self.noise_scale = noise_alpha, noise_scale
         self.noise_gen = torch.Generator().manual_seed(cfg.train.seed * 1000 + 999)
 
-    def worker_gradients(self, idx: Tensor, poison: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        G, losses = super().worker_gradients(idx, poison)
+    def worker_gradients(self, idx: Tensor, poison: Tensor | None = None, workers: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        G, losses = super().worker_gradients(idx, poison, workers)
         if self.noise_scale == 0.0:
             return G, losses
         noise = stable_noise((self.n, self.d), self.noise_alpha, self.noise_scale, self.noise_gen, G.dtype).to(G.device)
-        if G.shape[0] < self.n:  # only the honest workers computed (gradient_batch set _honest first)
-            noise = noise.index_select(0, self._honest)
+        if workers is not None:  # only these workers computed (the honest ones, in the round's compute phase)
+            noise = noise.index_select(0, workers.to(noise.device))
         return G + noise, losses
 
     def state_dict(self) -> dict[str, Any]:

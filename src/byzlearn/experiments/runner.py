@@ -4,6 +4,7 @@ Run folder layout::
 
     config.toml       the resolved config (every key, defaults included)
     metrics.jsonl     one line per evaluation: round, train_loss, test_loss, test_accuracy, wall_time
+                      (and validation_loss, validation_accuracy with data.validation_size > 0)
     checkpoint.pt     the latest checkpoint (written atomically every train.checkpoint_every rounds)
     summary.json      final_test_accuracy, best_test_accuracy, rounds, wall_time, config_hash, ...
     curves.png        test accuracy and training loss against rounds
@@ -119,6 +120,9 @@ class Run:
             "test_accuracy": test_acc,
             "wall_time": round(wall, 4),
         }
+        if getattr(self.sim, "has_validation", False):  # data.validation_size > 0: for model selection (byzlearn tune)
+            val_loss, val_acc = self.sim.evaluate_validation()
+            row["validation_loss"], row["validation_accuracy"] = _clean(val_loss), val_acc
         row.update(self.sim.extra_metrics())  # engine-specific metrics (DRACO decode status counters)
         self.loss_sum, self.loss_count = 0.0, 0
         self.rows.append(row)
@@ -178,6 +182,9 @@ class Run:
             "device": str(self.sim.device),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         }
+        if "validation_accuracy" in self.rows[-1]:
+            vals = [r["validation_accuracy"] for r in self.rows]
+            summary.update(final_validation_accuracy=vals[-1], best_validation_accuracy=max(vals))
         summary.update(self.sim.extra_metrics())
         (self.out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
         title = f"{self.cfg.data.name}/{self.cfg.model.name}: {summary['aggregator']} vs {summary['attack']} (f={summary['byzantine']}/{summary['workers']})"

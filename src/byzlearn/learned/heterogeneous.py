@@ -39,6 +39,7 @@ from torch.func import grad_and_value, vmap
 
 from ..aggregators import AggregationContext, Aggregator, build_aggregator
 from ..data import Dataset, pad_shards, partition
+from ..engine.round import sgd_step
 from ..engine.sampling import ShardSampler
 from ..engine.simulator import evaluate_model
 from ..models import MODELS, FlatModel
@@ -170,12 +171,12 @@ class HeterogeneousSimulator:
 
     def step(self) -> float:
         """One round; returns the workers' mean training loss (each on its own model and minibatch)."""
-        G, local, losses = self.gradients(self.sampler.sample(self.gens["sample"]))
+        G, local, losses = self.gradients(self.sampler.sample(self.gens["sample"]))  # draw and compute phases
         ctx = self.aggregation_context()
         ctx.owns_batch = True
         update = self.aggregator(G, ctx)
         with torch.no_grad():
-            self.theta.sub_(self.lr * update.to(self.theta.dtype))
+            self.theta = sgd_step(self.theta, update, self.lr)  # the server update (engine.round)
             for kind, g in local.items():
                 self.local[kind].sub_(self.lr * g)
         self.round += 1

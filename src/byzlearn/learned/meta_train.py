@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from ..config import Config, _check_fixed, apply_overrides, from_dict, read_toml
 from ..data import Dataset, load_dataset
+from ..engine.round import sgd_step
 from ..registry import ConfigError
 from .aggregator import learned_update, probe_losses, reference_norm, save_aggregator
 from .network import CoordinatewiseRNN
@@ -226,10 +227,10 @@ class Trajectory:
             ref = reference_norm(card, sim.public_loss, sim.theta)
             losses = probe_losses(sim.public_loss, sim.theta, G, card["probe_lr"], card["probe"], ref_norm=ref)
         u, self.state = learned_update(self.net, G, self.state, card, losses, ref)
-        if card["output"] == "step":
+        if card["output"] == "step":  # L2L: the network's output is the step itself
             self.theta = self.theta + card["step_scale"] * u
-        else:
-            self.theta = self.theta - card["server_lr"] * u
+        else:  # the round's server update, differentiable (engine.round.sgd_step)
+            self.theta = sgd_step(self.theta, u, card["server_lr"])
         sim.round += 1
         pick = self.pool[torch.randint(self.pool.numel(), (self.cfg.task.meta_batch,), generator=self.gen)]
         return F.cross_entropy(sim.model(self.theta, sim.x_train[pick]), sim.y_train[pick])
