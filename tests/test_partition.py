@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
+import random
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from byzlearn.data import PARTITION_SCHEMES, load_dataset, pad_shards, partition, split_public
+from byzlearn.data import (
+    PARTITION_SCHEMES, extreme_split, gamma_similarity_split, load_dataset, pad_shards, partition, split_public,
+)
 from byzlearn.registry import ConfigError
 
 
@@ -37,7 +41,7 @@ def label_entropy(y: torch.Tensor) -> float:
 
 
 def test_schemes_named():
-    assert PARTITION_SCHEMES == ("iid", "dirichlet", "labels")
+    assert PARTITION_SCHEMES == ("iid", "dirichlet", "labels", "gamma_similarity", "extreme")
 
 
 @pytest.mark.parametrize("n_workers", [1, 7, 10, 100])
@@ -110,7 +114,8 @@ def test_deterministic_for_a_seed_and_only_the_generator(labels, scheme):
     b = partition(labels, 8, scheme, gen(5))
     c = partition(labels, 8, scheme, gen(6))
     assert all(torch.equal(x, y) for x, y in zip(a, b))
-    assert not all(torch.equal(x, y) for x, y in zip(a, c))
+    if scheme != "extreme":  # the extreme split has no randomness (a sort)
+        assert not all(torch.equal(x, y) for x, y in zip(a, c))
 
 
 @pytest.mark.parametrize(
@@ -196,3 +201,91 @@ def test_pad_shards_of_a_partition(labels):
     assert table.shape == (6, max(len(s) for s in shards))
     mask = torch.arange(table.shape[1]) < sizes[:, None]
     assert torch.equal(table[mask].sort().values, torch.cat(shards).sort().values)
+
+
+# --- ByzFL's extreme and gamma-similarity splits ------------------------------------------------------
+TWELVE = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
+
+
+def test_byzfl_worked_example():
+    """The spec's verified example (ByzFL 0.0.11, h = 3, Python RNG seeded 0)."""
+    assert [s.tolist() for s in extreme_split(TWELVE, torch.arange(12), 3)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    shards = gamma_similarity_split(TWELVE, torch.arange(12), 3, 0.5, random.Random(0))
+    # random.seed(0); shuffle(range(6)) = [4, 2, 1, 0, 5, 3], cut in pairs, then [6, 7], [8, 9], [10, 11]
+    assert [s.tolist() for s in shards] == [[4, 2, 6, 7], [1, 0, 8, 9], [5, 3, 10, 11]]
+    assert [s.tolist() for s in gamma_similarity_split(TWELVE, torch.arange(12), 3, 0.0, random.Random(0))] == [
+        [0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+
+
+def _byzfl_reference(labels, order, h, gamma, seed):
+    """ByzFL's formulas written out with numpy and Python lists (sorted zip, array_split)."""
+    rng = random.Random(seed)
+    order = list(order)
+    s = int(len(order) * gamma)
+    head = order[:s]
+    rng.shuffle(head)
+    iid = np.array_split(np.array(head, dtype=np.int64), h)
+    tail = order[s:]
+    srt = np.array(sorted(zip(labels[tail].tolist(), tail)), dtype=np.int64).reshape(-1, 2)[:, 1]
+    niid = np.array_split(srt, h)
+    return [np.concatenate([a, b]).tolist() for a, b in zip(iid, niid)]
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 200), h=st.integers(1, 12), c=st.integers(1, 5), gamma=st.floats(0, 1), seed=st.integers(0, 2**31))
+def test_gamma_split_matches_byzfl_formulas(n, h, c, gamma, seed):
+    y = torch.randint(0, c, (n,), generator=gen(seed))
+    order = torch.randperm(n, generator=gen(seed + 1))
+    got = gamma_similarity_split(y, order, h, gamma, random.Random(seed))
+    assert [s.tolist() for s in got] == _byzfl_reference(y, order.tolist(), h, gamma, seed)
+
+
+def test_extreme_on_mnist_like_labels_one_or_two_labels_each():
+    y = torch.arange(10).repeat_interleave(600)[torch.randperm(6000, generator=gen(3))]  # 10 balanced classes
+    shards = partition(y, 10, "extreme", gen())
+    assert torch.equal(torch.cat(shards).sort().values, torch.arange(6000))
+    assert [len(set(y[s].tolist())) for s in shards] == [1] * 10
+    y2 = torch.arange(10).repeat_interleave(torch.arange(500, 600, 10))  # unequal classes: blocks straddle two
+    counts = [len(set(y2[s].tolist())) for s in partition(y2, 10, "extreme", gen())]
+    assert set(counts) <= {1, 2} and 2 in counts
+
+
+def test_extreme_and_gamma_on_digits(labels):
+    ext = partition(labels, 10, "extreme", gen(1))
+    sizes = [len(s) for s in ext]
+    assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+    held = [sorted(set(labels[s].tolist())) for s in ext]
+    assert all(h == list(range(h[0], h[-1] + 1)) for h in held)  # contiguous label ranges
+    assert sum(len(h) for h in held) <= 10 + 9  # each of the 9 block boundaries splits at most one class
+    assert all(torch.equal(a, b) for a, b in zip(ext, partition(labels, 10, "gamma_similarity", gen(1), gamma=0.0)))
+    iid = partition(labels, 10, "gamma_similarity", gen(1), gamma=1.0)
+    assert torch.equal(torch.cat(iid).sort().values, torch.arange(len(labels)))
+    assert max(len(s) for s in iid) - min(len(s) for s in iid) <= 1
+    # more iid share, more label mixing per worker
+    ent = [sum(label_entropy(labels[s]) for s in partition(labels, 10, "gamma_similarity", gen(1), gamma=g)) for g in (0.0, 0.3, 1.0)]
+    assert ent[0] < ent[1] < ent[2]
+    for g in (0.0, 0.25, 0.5, 1.0):
+        shards = partition(labels, 10, "gamma_similarity", gen(4), gamma=g)
+        assert all(torch.equal(s, s.sort().values) for s in shards)
+        assert torch.equal(assert_disjoint(shards, len(labels)).sort().values, torch.arange(len(labels)))
+
+
+def test_gamma_similarity_is_byzfl_on_the_generators_order(labels):
+    g = gen(9)
+    order = torch.randperm(len(labels), generator=g)
+    rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=g)))
+    want = [s.sort().values for s in gamma_similarity_split(labels, order, 6, 0.4, rng)]
+    got = partition(labels, 6, "gamma_similarity", gen(9), gamma=0.4)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+@pytest.mark.parametrize("gamma", [-0.1, 1.5, float("nan"), "half", True])
+def test_bad_gamma_names_the_key(labels, gamma):
+    with pytest.raises(ConfigError, match=r"data\.gamma.*\[0, 1\]"):
+        partition(labels, 3, "gamma_similarity", gen(), gamma=gamma)
+
+
+def test_gamma_split_with_an_empty_worker_is_refused():
+    # 3 samples, 3 workers, gamma 0.5: iid part of 1 sample, extreme part of 2: the last worker gets none
+    with pytest.raises(ConfigError, match="fewer workers.n"):
+        partition(torch.tensor([0, 1, 2]), 3, "gamma_similarity", gen(), gamma=0.5)

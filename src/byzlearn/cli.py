@@ -1,4 +1,4 @@
-"""Command line: ``byzlearn run | launch | matrix | reproduce | meta-train | meta-validate | list | demo`` (also ``python -m byzlearn``)."""
+"""Command line: ``byzlearn run | launch | matrix | tune | reproduce | meta-train | meta-validate | list | demo`` (also ``python -m byzlearn``)."""
 
 from __future__ import annotations
 
@@ -95,6 +95,21 @@ def _cmd_matrix(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from .experiments.matrix import load_matrix_config
+    from .experiments.tune import run_tune
+
+    overrides = list(args.set or [])
+    if args.data_dir:
+        overrides.append(f"data.data_dir={json.dumps(args.data_dir)}")
+    raw = load_matrix_config(args.config, overrides, sections=("matrix", "tune"))
+    out = Path(args.out) if args.out else Path("runs") / f"tune-{Path(args.config).stem}"
+    rows = run_tune(raw, out, jobs=args.jobs, progress=False if args.quiet else None, command=args.command_line)
+    print((out / "table.md").read_text())
+    print(f"{len(rows)} choices; results: {out / 'results.md'}, {out / 'results.json'}, {out / 'heatmap_best.png'}")
+    return 0
+
+
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from .experiments import reproduce
 
@@ -188,6 +203,18 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--jobs", type=int, default=1, help="cells run in parallel processes (each single-threaded)")
     m.add_argument("--quiet", action="store_true", help="no progress bar")
     m.set_defaults(func=_cmd_matrix)
+
+    tu = sub.add_parser("tune", help="choose lr / momentum / weight decay per rule, f and heterogeneity: worst case over attacks, on validation",
+                        description="Run a matrix config ([matrix]) for every combination of its [tune] lists (lr, momentum, "
+                                    "weight_decay) and choose, per rule, f and heterogeneity, the combination with the best "
+                                    "worst-case validation accuracy over attacks (ByzFL's protocol); needs data.validation_size > 0.")
+    tu.add_argument("config", help="TOML config with [matrix] and [tune] sections")
+    tu.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a key (matrix.* and tune.* keys too), repeatable")
+    tu.add_argument("--out", help="output folder (default: runs/tune-<config name>); re-running it skips finished runs")
+    tu.add_argument("--data-dir", help="where the data set's files are (also: BYZLEARN_DATA, data.data_dir)")
+    tu.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (each single-threaded)")
+    tu.add_argument("--quiet", action="store_true", help="no progress bar")
+    tu.set_defaults(func=_cmd_tune)
 
     rp = sub.add_parser("reproduce", help="reproduce a source paper's experiment (no NAME: list them)")
     rp.add_argument("name", nargs="?", help="reproduction name")

@@ -11,7 +11,7 @@ from . import cifar, digits, idx, synthetic  # noqa: F401 - register the loaders
 from ..registry import ConfigError
 from .base import DATASETS, Dataset, class_subset, standardise
 from .locate import ENV_VAR, DataFormatError, DataNotFoundError, data_root
-from .partition import PARTITION_SCHEMES, pad_shards, partition, split_public
+from .partition import PARTITION_SCHEMES, extreme_split, gamma_similarity_split, pad_shards, partition, split_public
 
 
 def load_dataset(name: str, data_dir: str | None = None, download: bool = True) -> Dataset:
@@ -24,4 +24,5 @@ def load_dataset(name: str, data_dir: str | None = None, download: bool = True) 
 __all__ = [
     "DATASETS", "Dataset", "class_subset", "load_dataset", "standardise", "data_root", "ENV_VAR",
     "DataNotFoundError", "DataFormatError", "PARTITION_SCHEMES", "partition", "split_public", "pad_shards",
+    "extreme_split", "gamma_similarity_split",
 ]

@@ -6,6 +6,7 @@ All randomness comes from the ``torch.Generator`` passed in, so a seed fixes the
 from __future__ import annotations
 
 import math
+import random
 
 import numpy as np
 import torch
@@ -13,7 +14,7 @@ from torch import Tensor
 
 from ..registry import ConfigError
 
-PARTITION_SCHEMES = ("iid", "dirichlet", "labels")
+PARTITION_SCHEMES = ("iid", "dirichlet", "labels", "gamma_similarity", "extreme")
 MAX_DRAWS = 100
 
 
@@ -25,6 +26,7 @@ def partition(
     alpha: float = 0.5,
     labels_per_worker: int = 2,
     min_size: int = 1,
+    gamma: float = 0.5,
 ) -> list[Tensor]:
     """Disjoint ``int64`` index tensors into ``labels``, one per worker (each sorted ascending).
 
@@ -32,6 +34,11 @@ def partition(
     each class, worker proportions ~ Dirichlet(alpha) (Hsu et al. 2019), redrawn until every worker
     has ``min_size`` samples. ``labels``: every worker holds exactly ``labels_per_worker`` classes,
     classes used as evenly as possible, each class's samples split evenly among its holders.
+    ``extreme`` and ``gamma_similarity`` are ByzFL 0.0.11's ``DataDistributor`` splits
+    ``extreme_niid`` and ``gamma_similarity_niid`` (see ``gamma_similarity_split``); the index order
+    comes from ``torch.randperm`` on ``generator`` and ByzFL's Python ``random.shuffle`` from a
+    ``random.Random`` seeded from it. Unlike ByzFL, which may hand a client an empty shard, a split
+    leaving a worker under ``min_size`` samples is refused.
     """
     if scheme not in PARTITION_SCHEMES:
         raise ConfigError(f"data.partition = {scheme!r} is unknown; choose one of: {', '.join(PARTITION_SCHEMES)}")
@@ -44,6 +51,22 @@ def partition(
     if scheme == "iid":
         perm = torch.randperm(n, generator=generator)
         return [s.sort().values for s in torch.tensor_split(perm, n_workers)]
+    if scheme in ("extreme", "gamma_similarity"):
+        if scheme == "extreme":  # no randomness: the sort fixes the order
+            parts = extreme_split(labels, torch.arange(n), n_workers)
+        else:
+            g = _check_gamma(gamma)
+            order = torch.randperm(n, generator=generator)
+            rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=generator)))
+            parts = gamma_similarity_split(labels, order, n_workers, g, rng)
+        shards = [s.sort().values for s in parts]
+        smallest = min(s.numel() for s in shards)
+        if smallest < min_size:
+            raise ConfigError(
+                f"{scheme} partition leaves a worker with {smallest} sample(s) (< {min_size}) "
+                f"({n} samples over workers.n = {n_workers}); use fewer workers.n"
+            )
+        return shards
     if min_size * n_workers > n:
         raise ConfigError(
             f"workers.n = {n_workers} workers with at least {min_size} sample(s) each need "
@@ -54,6 +77,42 @@ def partition(
     else:
         owner = _label_owners(labels, n_workers, generator, labels_per_worker)
     return _group(owner, n_workers, min_size, scheme)
+
+
+def _check_gamma(gamma: float) -> float:
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0.0 <= gamma <= 1.0:
+        raise ConfigError(
+            f"data.gamma = {gamma!r} must be a number in [0, 1] (the iid fraction: 1 is iid, 0 is the extreme split)"
+        )
+    return float(gamma)
+
+
+def extreme_split(labels: Tensor, idx: Tensor, n_workers: int) -> list[Tensor]:
+    """ByzFL's ``extreme_niid``: the (label, index) pairs of ``idx`` sorted ascending, cut into
+    ``n_workers`` contiguous blocks whose sizes differ by at most 1, larger first (``array_split``)."""
+    idx = torch.as_tensor(idx, dtype=torch.long).reshape(-1).sort().values
+    by_label = idx[torch.argsort(torch.as_tensor(labels)[idx], stable=True)]  # stable: ties keep ascending index order
+    return list(torch.tensor_split(by_label, n_workers))
+
+
+def gamma_similarity_split(
+    labels: Tensor, order: Tensor, n_workers: int, gamma: float, rng: random.Random
+) -> list[Tensor]:
+    """ByzFL's ``gamma_similarity_niid`` on the indices ``order`` (in that order), unsorted.
+
+    With s = int(len(order) * gamma): ``order[:s]`` is shuffled by ``rng.shuffle`` (ByzFL: Python's
+    ``random.shuffle``) and cut into ``n_workers`` near-equal parts, larger first; ``order[s:]`` gets
+    the ``extreme_split``; worker i's shard is its iid part followed by its extreme part. gamma = 1
+    is iid, gamma = 0 the extreme split.
+    """
+    labels = torch.as_tensor(labels).long().reshape(-1)
+    order = torch.as_tensor(order, dtype=torch.long).reshape(-1)
+    s = int(order.numel() * _check_gamma(gamma))
+    head = order[:s].tolist()
+    rng.shuffle(head)
+    iid = torch.tensor_split(torch.tensor(head, dtype=torch.long), n_workers)
+    niid = extreme_split(labels, order[s:], n_workers)
+    return [torch.cat([a, b]) for a, b in zip(iid, niid)]
 
 
 def _class_members(labels: Tensor, generator: torch.Generator) -> list[Tensor]:

@@ -72,6 +72,8 @@ def _het_label(d: dict[str, Any]) -> str:
         return f"dirichlet{d['alpha']}"
     if p == "labels" and "labels_per_worker" in d:
         return f"labels{d['labels_per_worker']}"
+    if p == "gamma_similarity" and "gamma" in d:
+        return f"gamma{d['gamma']}"
     return p
 
 
@@ -111,6 +113,8 @@ def expand(raw: dict[str, Any]) -> list[Cell]:
                         }
                         if cfg.data.partition == "dirichlet":
                             setting["alpha"] = cfg.data.alpha
+                        if cfg.data.partition == "gamma_similarity":
+                            setting["gamma"] = cfg.data.gamma
                         cells.append(Cell(_label(agg), _label(attack), setting, cell_raw))
     return cells
 
@@ -141,33 +145,39 @@ def _run_cell(cell_raw: dict[str, Any], out: str, threads: int) -> dict[str, Any
     return summary
 
 
-def run_matrix(
-    raw: dict[str, Any], out: str | Path, jobs: int = 1, progress: bool | None = None, command: str | None = None,
-) -> list[dict[str, Any]]:
-    """Run every cell not finished yet (``jobs`` processes at once) and write the result files."""
+def run_cells(cells: list[tuple[dict[str, Any], Path]], jobs: int = 1, progress: bool | None = None, desc: str = "matrix") -> None:
+    """Run every (raw config, run folder) pair whose folder has no ``summary.json`` yet (``jobs``
+    single-threaded processes at once); a killed cell resumes from its checkpoint."""
     from tqdm import tqdm
 
-    out = Path(out)
-    cells = expand(raw)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "matrix.toml").write_text(__import__("tomli_w").dumps(raw))
-    todo = [c for c in cells if not (out / "cells" / c.slug / "summary.json").exists()]
-    t0 = time.perf_counter()
-    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), disable=None if progress is None else not progress, unit="cell", desc="matrix")
+    todo = [(r, d) for r, d in cells if not (Path(d) / "summary.json").exists()]
+    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), disable=None if progress is None else not progress, unit="cell", desc=desc)
     threads = 1 if jobs > 1 else 0
     try:
         if jobs > 1 and len(todo) > 1:
             with ProcessPoolExecutor(max_workers=jobs) as pool:
-                futures = [pool.submit(_run_cell, c.raw, str(out / "cells" / c.slug), threads) for c in todo]
+                futures = [pool.submit(_run_cell, r, str(d), threads) for r, d in todo]
                 for fut in futures:
                     fut.result()
                     bar.update(1)
         else:
-            for c in todo:
-                _run_cell(c.raw, str(out / "cells" / c.slug), threads)
+            for r, d in todo:
+                _run_cell(r, str(d), threads)
                 bar.update(1)
     finally:
         bar.close()
+
+
+def run_matrix(
+    raw: dict[str, Any], out: str | Path, jobs: int = 1, progress: bool | None = None, command: str | None = None,
+) -> list[dict[str, Any]]:
+    """Run every cell not finished yet (``jobs`` processes at once) and write the result files."""
+    out = Path(out)
+    cells = expand(raw)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "matrix.toml").write_text(__import__("tomli_w").dumps(raw))
+    t0 = time.perf_counter()
+    run_cells([(c.raw, out / "cells" / c.slug) for c in cells], jobs, progress, "matrix")
     rows = []
     for c in cells:
         s = json.loads((out / "cells" / c.slug / "summary.json").read_text())
@@ -223,7 +233,11 @@ def write_results(rows: list[dict[str, Any]], out: Path, wall: float, command: s
     )
 
 
-def _heatmap(methods: list[str], cols: list[str], grid: dict, path: Path) -> None:
+def _heatmap(methods: list[str], cols: list[str], grid: dict, path: Path, key: str = "final_test_accuracy",
+             label: str = "final test accuracy (%)", title: str = "robustness matrix",
+             texts: dict | None = None, row_height: float = 0.45) -> None:
+    """Rows ``methods`` x columns ``cols`` of ``100 * grid[(row, col)][key]``; ``texts[(row, col)]``
+    replaces a cell's printed number."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -234,33 +248,40 @@ def _heatmap(methods: list[str], cols: list[str], grid: dict, path: Path) -> Non
     for i, m in enumerate(methods):
         for j, c in enumerate(cols):
             if (m, c) in grid:
-                vals[i, j] = 100 * grid[(m, c)]["final_test_accuracy"]
-    fig, ax = plt.subplots(figsize=(1.3 + 1.15 * len(cols), 1.0 + 0.45 * len(methods)))
+                vals[i, j] = 100 * grid[(m, c)][key]
+    fig, ax = plt.subplots(figsize=(1.3 + 1.15 * len(cols), 1.0 + row_height * len(methods)))
     im = ax.imshow(vals, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
     ax.set_xticks(range(len(cols)), cols, rotation=35, ha="right")
     ax.set_yticks(range(len(methods)), methods)
     for i in range(len(methods)):
         for j in range(len(cols)):
-            if not np.isnan(vals[i, j]):
+            if texts and (methods[i], cols[j]) in texts:
+                ax.text(j, i, texts[(methods[i], cols[j])], ha="center", va="center", fontsize=7)
+            elif not np.isnan(vals[i, j]):
                 ax.text(j, i, f"{vals[i, j]:.0f}", ha="center", va="center", fontsize=8)
-    fig.colorbar(im, ax=ax, label="final test accuracy (%)")
-    ax.set_title("robustness matrix")
+    fig.colorbar(im, ax=ax, label=label)
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def load_matrix_config(path: str | Path | None, overrides: list[str]) -> dict[str, Any]:
+def load_matrix_config(path: str | Path | None, overrides: list[str], sections: tuple[str, ...] = ("matrix",)) -> dict[str, Any]:
+    """A matrix config's raw dict; ``sections`` (``[matrix]``, and ``[tune]`` for byzlearn tune) are
+    kept apart from the run config and take ``--set SECTION.KEY=VALUE`` overrides too."""
     raw: dict[str, Any] = {}
     if path is not None:
         if not Path(path).is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
         raw = tomllib.loads(Path(path).read_text())
-    matrix = raw.pop("matrix", {})
-    raw = config_mod.apply_overrides(raw, [o for o in overrides if not o.startswith("matrix.")])
+    extra = {name: raw.pop(name, {}) for name in sections}
+    raw = config_mod.apply_overrides(raw, [o for o in overrides if o.split(".", 1)[0] not in sections])
     for o in overrides:
-        if o.startswith("matrix."):
-            key, text = o[len("matrix."):].split("=", 1)
-            matrix[key] = config_mod.parse_value(text)
-    raw["matrix"] = matrix
+        name = o.split(".", 1)[0]
+        if name in sections:
+            if "=" not in o:
+                raise ConfigError(f"--set expects section.key=value (e.g. matrix.seeds=[0, 1]), got {o!r}")
+            key, text = o[len(name) + 1:].split("=", 1)
+            extra[name][key] = config_mod.parse_value(text)
+    raw.update(extra)
     return raw
