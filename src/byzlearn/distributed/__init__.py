@@ -6,7 +6,8 @@ mode, a monitor); ranks 1..n are the workers. Modules:
 
 - ``group``: process group from the environment, world layout, start-up watchdog, config broadcast;
 - ``frames``: the framed messages and their checks (malformed input is Byzantine, never a crash);
-- ``transport``: point-to-point links with receiver/sender threads, so deadlines never block on gloo;
+- ``mesh``: the TCP links between ranks, every message checked before it is read (why not gloo: there);
+- ``transport``: inboxes with deadlines and sender threads over those links;
 - ``protocol``: tags and message sizes of the parameter-server protocol;
 - ``server``: rank 0's rounds (first q of n within a deadline, crash detection, counters, DRACO decoding);
 - ``worker``: honest and Byzantine workers (replaying the simulator's random streams);

@@ -5,20 +5,18 @@ Layout of a frame (``dtype`` float32, or float64 for DRACO's cyclic code)::
     [ header: 8 ints | payload: ``length`` numbers | trailer: 1 int ]
 
 The ints are stored in the frame's own dtype memory through an integer view (int32 in a float32
-frame, int64 in a float64 one), so one tensor carries both and one ``isend`` sends it. Header:
-magic, kind, round, sender, length, and three free fields (``a``, ``b``, ``c``) a kind may use.
+frame, int64 in a float64 one), so one tensor carries both. Header: magic, kind, round, sender,
+length, and three free fields (``a``, ``b``, ``c``) a kind may use.
 
-A receiver posts a buffer ``capacity = frame size + slack`` long, filled with NaN. On arrival
-(``Layout.parse``) a frame is *malformed* when the magic or the kind is unknown, the declared
+A frame travels behind a link header (``mesh``) that gives its dtype and byte count, so the
+receiver checks those first (``Layout.check_wire``: the channel's dtype, at most ``capacity``
+numbers) and only then reads the bytes, into a ``capacity``-long NaN-filled buffer (``buffer``).
+``Layout.parse`` then finds a frame *malformed* when the magic or the kind is unknown, the declared
 length is not the one the kind has, the trailer is not at the end of the declared payload (the
 message was shorter) or the first slot after the trailer was written (it was longer), or the
-sender field is not the transport's source rank. A malformed frame is Byzantine input: the caller
+sender field is not the link's source rank. A malformed frame is Byzantine input: the caller
 counts it and discards it; nothing raises further. Non-finite payload values are not malformed:
 they go on to the rules, which survive NaN/Inf rows.
-
-One limit comes from gloo itself: a message longer than the posted buffer makes gloo's I/O thread
-abort the receiving process (``op.preamble.length <= op.nbytes``); ``slack`` extra slots catch
-a longer frame up to that size, and byzlearn's own processes always send whole frames.
 """
 
 from __future__ import annotations
@@ -52,6 +50,10 @@ class Kind(IntEnum):
 
 
 _INT = {torch.float32: torch.int32, torch.float64: torch.int64}
+# dtype codes of the link header; a tensor of any other dtype is sent as code 0 (and refused)
+DTYPE_CODES = {torch.float32: 1, torch.float64: 2, torch.float16: 3, torch.bfloat16: 4, torch.int32: 5, torch.int64: 6,
+               torch.uint8: 7, torch.int8: 8, torch.int16: 9, torch.bool: 10}
+_DTYPE_NAMES = {code: str(dt).removeprefix("torch.") for dt, code in DTYPE_CODES.items()}
 
 
 class Malformed(Exception):
@@ -92,8 +94,23 @@ class Layout:
         self.capacity = longest + self.slack
         self._nan_bits = torch.full((1,), float("nan"), dtype=dtype).view(self.ints)[0].item()
 
+    @property
+    def max_bytes(self) -> int:
+        """The longest message this channel reads: ``capacity`` numbers."""
+        return self.capacity * self.dtype.itemsize
+
     def buffer(self) -> Tensor:
         return torch.full((self.capacity,), float("nan"), dtype=self.dtype)
+
+    def check_wire(self, code: int, nbytes: int, src: int) -> None:
+        """Refuse a message by its link header, before any byte of it is read: wrong dtype or size."""
+        if code != DTYPE_CODES[self.dtype]:
+            name = _DTYPE_NAMES.get(code, f"unknown dtype {code}")
+            raise Malformed(f"from rank {src}: a {name} message on a {_DTYPE_NAMES[DTYPE_CODES[self.dtype]]} channel")
+        if nbytes > self.max_bytes:
+            raise Malformed(f"from rank {src}: {nbytes} bytes, longer than any frame of this channel ({self.max_bytes} bytes)")
+        if nbytes % self.dtype.itemsize:
+            raise Malformed(f"from rank {src}: {nbytes} bytes is not a whole number of {self.dtype.itemsize}-byte values")
 
     def parse(self, buf: Tensor, src: int) -> Frame:
         ints = buf.view(self.ints)

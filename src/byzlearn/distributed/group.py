@@ -6,9 +6,16 @@ rank ``i >= 1`` is worker (or peer) ``i - 1``, with its own data shard. ``init_m
 ``MASTER_ADDR``, ``MASTER_PORT``, ``RANK``, ``WORLD_SIZE`` (and ``LOCAL_RANK``), as torchrun sets
 them; a multi-node torchrun rendezvous works the same way.
 
-Messages always travel over gloo on CPU tensors (see ``transport``: the deadline, dead-peer and
-malformed-message handling need receives that can be abandoned, which NCCL's point-to-point
-receives cannot without aborting the communicator). On GPUs each rank computes on
+Rendezvous (``rendezvous``): under torchrun's agent (``TORCHELASTIC_USE_AGENT_STORE``) every rank
+is a client of the agent's c10d store; otherwise rank 0 hosts the store, listening on
+``MASTER_ADDR`` only (c10d's own server would listen on every interface whatever the address; here
+the listening socket is bound first and handed to it). ``byzlearn launch`` sets ``MASTER_ADDR`` to
+127.0.0.1 unless ``BYZLEARN_MASTER_ADDR`` says otherwise. Each rank's message links
+(``mesh.Mesh``) listen on ``BYZLEARN_LINK_ADDR``, by default the local address that routes to
+``MASTER_ADDR`` (loopback for a local job), and only until every rank is connected.
+
+Messages travel over those links on CPU tensors, never as gloo receives (``mesh`` says why);
+the gloo group serves the start-up only (config broadcast, barrier). On GPUs each rank computes on
 ``cuda:LOCAL_RANK`` and stages its messages through host memory; ``backend = "nccl"`` creates the
 group as ``cpu:gloo,cuda:nccl`` so that CUDA collectives are available beside it.
 """
@@ -18,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import socket
 import sys
 import threading
 from dataclasses import dataclass
@@ -27,6 +35,7 @@ import torch.distributed as dist
 
 from ..config import Config
 from ..registry import ConfigError
+from . import mesh
 
 NEVER = datetime.timedelta(days=7)  # gloo's own timeout: never reached; deadlines live in the runtime
 
@@ -103,8 +112,51 @@ class Watchdog:
         self.timer.cancel()
 
 
-def init(world: World, backend: str) -> None:
-    dist.init_process_group(backend, init_method="env://", rank=world.rank, world_size=world.world_size, timeout=NEVER)
+_HELD: list[socket.socket] = []  # the store's listening socket (c10d serves on its descriptor)
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on ``host:port`` only; ``ConfigError`` when ``host`` is not an address of this machine."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(128)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {host}:{port} for the rendezvous ({e}): MASTER_ADDR (for byzlearn launch: "
+                          "BYZLEARN_MASTER_ADDR, default 127.0.0.1) must be an address of this machine") from None
+    return sock
+
+
+def rendezvous(world: World):
+    """The c10d store of the job (rank 0 hosts it on ``MASTER_ADDR`` only, unless torchrun's agent does)."""
+    addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        return dist.PrefixStore(f"/worker/attempt_{attempt}", dist.TCPStore(addr, port, world.world_size, False, NEVER))
+    if world.rank == 0:
+        sock = bind_listener(addr, port)
+        _HELD.append(sock)
+        return dist.TCPStore(addr, port, world.world_size, True, NEVER, wait_for_workers=False, master_listen_fd=sock.fileno())
+    return dist.TCPStore(addr, port, world.world_size, False, NEVER)
+
+
+def link_address() -> str:
+    """Where this rank's links listen: ``BYZLEARN_LINK_ADDR``, else the local address routing to ``MASTER_ADDR``."""
+    if os.environ.get("BYZLEARN_LINK_ADDR"):
+        return os.environ["BYZLEARN_LINK_ADDR"]
+    family, _, _, _, addr = socket.getaddrinfo(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), type=socket.SOCK_DGRAM)[0]
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.connect(addr)  # no packet is sent: this only asks the routing table
+        return s.getsockname()[0]
+
+
+def init(world: World, backend: str, timeout: float = 120.0) -> None:
+    """Join the process group, then open this rank's links to every other rank (``mesh.Mesh``)."""
+    store = rendezvous(world)
+    dist.init_process_group(backend, store=store, rank=world.rank, world_size=world.world_size, timeout=NEVER)
+    mesh.open_mesh(world.rank, world.world_size, dist.PrefixStore("byzlearn/links", store), link_address(), timeout)
 
 
 def share_text(world: World, text: str | None, error: str | None = None) -> tuple[str | None, str | None]:

@@ -2,7 +2,9 @@
 
 Each process runs what ``byzlearn run ... --engine distributed`` runs (``runtime.main``), with the
 environment torchrun would give it (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``,
-``MASTER_ADDR``, ``MASTER_PORT`` on a free local port). The processes are forked from a
+``MASTER_ADDR``, ``MASTER_PORT`` on a free port). The rendezvous and every link listen on
+127.0.0.1 only (gloo's too: ``GLOO_SOCKET_IFNAME`` is set to the loopback interface unless given),
+or on the address ``master_addr`` / ``BYZLEARN_MASTER_ADDR`` names. The processes are forked from a
 ``multiprocessing`` fork server that has imported torch and byzlearn once (and computed nothing),
 so N processes start in about a second instead of N times torch's import on a small machine.
 
@@ -18,6 +20,7 @@ in ``<run folder>/logs/pids.json`` (the fault tests use them to kill a process).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import multiprocessing as mp
 import os
@@ -31,6 +34,7 @@ from .. import config as config_mod
 from ..config import Config
 from ..experiments.runner import CHECKPOINT, saved_config
 from ..registry import ConfigError
+from .group import bind_listener
 from .runtime import check_mode, default_out
 
 PRELOAD = ["torch", "torch._dynamo", "torch.distributed", "torch.func", "torch.optim", "numpy", "sklearn.datasets", "sklearn.model_selection", "byzlearn.cli",
@@ -47,10 +51,28 @@ def _context():
     return _CTX
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that is free on ``host`` now (``ConfigError`` when ``host`` is not an address of this machine)."""
+    with bind_listener(host, 0) as s:
         return s.getsockname()[1]
+
+
+def _loopback_interface() -> str | None:
+    names = [name for _, name in socket.if_nameindex()]
+    return "lo" if "lo" in names else next((n for n in names if n.startswith("lo")), None)
+
+
+def rendezvous_env(master_addr: str) -> dict[str, str]:
+    """``MASTER_ADDR`` and, for a loopback address, gloo's interface (when the caller's environment sets none)."""
+    env = {"MASTER_ADDR": master_addr}
+    try:
+        loopback = ipaddress.ip_address(master_addr).is_loopback
+    except ValueError:
+        loopback = master_addr == "localhost"
+    iface = _loopback_interface() if loopback and "GLOO_SOCKET_IFNAME" not in os.environ else None
+    if iface:
+        env["GLOO_SOCKET_IFNAME"] = iface
+    return env
 
 
 def _child(env: dict[str, str], args: dict[str, Any], log: str | None) -> None:
@@ -89,13 +111,17 @@ def _stop(procs: list, grace: float) -> None:
 
 def launch(nprocs: int | None, config: str | None, overrides: list[str], out: str | None, resume: str | None = None,
            data_dir: str | None = None, device: str | None = None, quiet: bool = False, max_restarts: int = 0,
-           grace: float = 5.0, rank0_log: bool = False, faults: dict[int, str] | None = None) -> int:
+           grace: float = 5.0, rank0_log: bool = False, faults: dict[int, str] | None = None,
+           master_addr: str | None = None) -> int:
     """Run a distributed job on this machine; returns rank 0's exit code.
 
     ``grace``: seconds the workers get to exit after rank 0 ended. ``rank0_log``: rank 0's output
     goes to ``logs/rank0.log`` instead of this terminal. ``faults``: rank -> ``BYZLEARN_FAULT``
-    spec (``faults`` module), for chaos tests.
+    spec (``faults`` module), for chaos tests. ``master_addr``: where the rendezvous listens
+    (default ``BYZLEARN_MASTER_ADDR``, else 127.0.0.1).
     """
+    master_addr = master_addr or os.environ.get("BYZLEARN_MASTER_ADDR") or "127.0.0.1"
+    free_port(master_addr)  # an address of another machine stops here, before any process starts
     overrides = list(overrides)
     if resume:
         if config or overrides:
@@ -122,7 +148,7 @@ def launch(nprocs: int | None, config: str | None, overrides: list[str], out: st
     attempt, resuming = 0, bool(resume)
     while True:
         logs.mkdir(parents=True, exist_ok=True)
-        port = free_port()
+        port = free_port(master_addr)
         if resuming:
             args = {"resume": str(folder), "device": device, "quiet": quiet}
         else:
@@ -130,7 +156,7 @@ def launch(nprocs: int | None, config: str | None, overrides: list[str], out: st
         procs = []
         for rank in range(world):
             env = {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(world),
-                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "BYZLEARN_FAULT": (faults or {}).get(rank, "")}
+                   "MASTER_PORT": str(port), "BYZLEARN_FAULT": (faults or {}).get(rank, ""), **rendezvous_env(master_addr)}
             log = str(logs / f"rank{rank}.log") if rank or rank0_log else None
             p = ctx.Process(target=_child, args=(env, args, log), name=f"byzlearn-rank{rank}")
             p.start()

@@ -1,7 +1,8 @@
 """Entry point of every process of a distributed run (``byzlearn run --engine distributed``).
 
-Start-up: every rank joins the gloo process group (``env://``; a watchdog ends a rank that cannot
-join within ``distributed.timeout``); rank 0 resolves the config (from CONFIG and ``--set``, or
+Start-up: every rank joins the gloo process group (``MASTER_ADDR``/``MASTER_PORT``; ``group.init``
+also opens the rank's message links; a watchdog ends a rank that cannot join within
+``distributed.timeout``); rank 0 resolves the config (from CONFIG and ``--set``, or
 from the run folder when resuming), validates it and broadcasts it, so that every rank runs the
 very same config whatever files its machine has; then each rank takes its role:
 
@@ -129,7 +130,7 @@ def _main(world: World, args: dict[str, Any]) -> int:
         except (ConfigError, FileNotFoundError) as e:
             error = str(e)
     watchdog = group.Watchdog(timeout, f"rank {world.rank}: joining the process group of {world.world_size} processes")
-    group.init(world, backend)
+    group.init(world, backend, timeout)
     text, error = group.share_text(world, text, error)
     watchdog.cancel()
     if error is not None:

@@ -38,6 +38,7 @@ from .group import World
 from .protocol import TAG_GRAD, TAG_PARAMS, TAG_STATE, MessageSpec
 from .transport import Closed, Inbox, Links
 
+MAX_EVENTS = 10_000
 COUNTERS = ("missing_gradients", "late_gradients", "malformed_messages", "skipped_rounds")
 
 
@@ -117,7 +118,12 @@ class ServerEngine:
 
     # -- one round ------------------------------------------------------------------------------
     def _note(self, text: str) -> None:
-        self.log.append(f"round {self.sim.round}: {text}")
+        """An event for ``distributed.log``; bounded, so that a flooding rank cannot grow it without end
+        (the counters keep counting)."""
+        if len(self.log) < MAX_EVENTS:
+            self.log.append(f"round {self.sim.round}: {text}")
+        elif len(self.log) == MAX_EVENTS:
+            self.log.append(f"round {self.sim.round}: {MAX_EVENTS} events recorded; later ones are only counted")
 
     def _collect(self, r: int, expected: set[int]) -> dict[int, Tensor]:
         """Round ``r``'s messages by worker index: the first ``q`` of the ``expected`` senders within the deadline."""

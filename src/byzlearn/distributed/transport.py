@@ -1,106 +1,94 @@
-"""Point-to-point messages over the c10d process group that never block the training loop.
+"""Point-to-point messages that never block the training loop, over the rank's links (``mesh``).
 
-gloo's ``Work.is_completed()`` for a point-to-point receive only turns true once somebody has
-called ``wait()``, and a ``wait(timeout)`` that expires makes gloo close *every* connection of the
-process ("Application timeout caused pair closure"). So a deadline cannot be a gloo timeout.
-Instead each link has its own thread doing the blocking part:
+The links themselves, and why they are not gloo receives, are ``mesh``'s: every message is checked
+by size, dtype and tag before it is read, so no peer's message can abort, hang or exhaust the
+receiver. Here is what the protocol code uses:
 
-- a ``Receiver`` per (source rank, tag) posts ``irecv`` into a fresh NaN-filled buffer, waits,
-  checks the frame (``frames.Layout.parse``) and puts ``(src, Frame | Malformed | Closed)`` on a
-  ``queue.Queue``; the caller waits on the queue with its own deadline (``Inbox.get``);
-- a ``Sender`` per destination rank runs ``isend(...).wait()`` for the frames posted to it, in
-  order (``fifo``) or keeping only the newest one not yet on the wire (``latest``: a slow worker
-  gets the current parameters, not a backlog).
+- ``Links.listen(src, tag, layout, inbox)``: the frames of one layout from one rank on one tag
+  arrive in ``inbox`` as ``(src, Frame | Malformed | Closed)``; the caller waits on it with its own
+  deadline (``Inbox.get``), never on the network;
+- ``Links.send(dst, tag, frame)``: a ``Sender`` thread per destination and tag writes the frames
+  posted to it, in order (``fifo``) or keeping only the newest one not yet on the wire
+  (``latest=True``: a slow worker gets the current parameters, not a backlog).
 
-A peer that dies closes its connections: its receiver and sender get a gloo error, report
-``Closed`` and stop; the other links are unaffected. A peer that hangs only blocks its own threads
-(daemons). The process group is created with a very long timeout so that gloo itself never times
-out a wait; liveness is the caller's deadline plus connection closure.
+A peer that dies closes its connection: every inbox listening to it gets ``Closed``, and a failed
+send reports it to ``Links.on_close_inbox``; the other links are unaffected. A peer that hangs only
+blocks its own link's threads (daemons); liveness is the caller's deadline plus connection closure.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
-from dataclasses import dataclass
+from collections import defaultdict, deque
 
-import torch.distributed as dist
 from torch import Tensor
 
-from .frames import Layout, Malformed
+from .frames import Layout
+from .mesh import Closed, Mesh, Receiver, current_mesh
 
-
-@dataclass
-class Closed:
-    """The link to ``rank`` failed (the process died or the connection broke)."""
-
-    rank: int
-    reason: str
+__all__ = ["Closed", "Inbox", "LinkStats", "Links", "Sender"]
 
 
 class Inbox:
-    """Messages from receiver threads, ``(src, Frame | Malformed | Closed)``, with deadline waits."""
+    """Messages from the links, ``(src, Frame | Malformed | Closed)`` in arrival order, with deadline waits."""
 
     def __init__(self) -> None:
-        self.q: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
+        self._room = threading.Condition(self._lock)
+        self._items: deque = deque()
+        self._pending: dict[int, int] = defaultdict(int)
 
     def put(self, src: int, item: object) -> None:
-        self.q.put((src, item))
+        with self._lock:
+            self._items.append((src, item))
+            self._pending[src] += 1
+            self._ready.notify()
+
+    def put_bounded(self, src: int, item: object, limit: int) -> None:
+        """``put``, once fewer than ``limit`` messages from ``src`` wait here (a reader's back-pressure)."""
+        with self._lock:
+            while self._pending[src] >= limit:
+                self._room.wait()
+            self._items.append((src, item))
+            self._pending[src] += 1
+            self._ready.notify()
+
+    def pending(self, src: int) -> int:
+        with self._lock:
+            return self._pending[src]
+
+    def _pop(self) -> tuple[int, object]:
+        src, item = self._items.popleft()
+        self._pending[src] -= 1
+        self._room.notify_all()
+        return src, item
 
     def get(self, deadline: float | None) -> tuple[int, object] | None:
         """The next message, or ``None`` once ``deadline`` (a ``time.monotonic()`` value) has passed."""
-        if deadline is None:
-            return self.q.get()
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            try:
-                return self.q.get_nowait()
-            except queue.Empty:
-                return None
-        try:
-            return self.q.get(timeout=remaining)
-        except queue.Empty:
-            return None
+        with self._lock:
+            while not self._items:
+                if deadline is None:
+                    self._ready.wait()
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._ready.wait(remaining)
+            return self._pop()
 
     def get_nowait(self) -> tuple[int, object] | None:
-        try:
-            return self.q.get_nowait()
-        except queue.Empty:
-            return None
-
-
-class Receiver(threading.Thread):
-    """Receives frames of one layout from one rank on one tag, forever (until the link fails)."""
-
-    def __init__(self, src: int, tag: int, layout: Layout, inbox: Inbox, stats: "LinkStats"):
-        super().__init__(name=f"recv-{src}-{tag}", daemon=True)
-        self.src, self.tag, self.layout, self.inbox, self.stats = src, tag, layout, inbox, stats
-        self.closed = False
-
-    def run(self) -> None:
-        while True:
-            buf = self.layout.buffer()
-            try:
-                dist.irecv(buf, src=self.src, tag=self.tag).wait()
-            except Exception as e:  # noqa: BLE001 - gloo raises RuntimeError for a dead or broken peer
-                self.closed = True
-                self.inbox.put(self.src, Closed(self.src, str(e).split("\n")[0][:200]))
-                return
-            self.stats.add_received(buf.numel() * buf.element_size())
-            try:
-                item: object = self.layout.parse(buf, self.src)
-            except Malformed as e:
-                item = e
-            self.inbox.put(self.src, item)
+        with self._lock:
+            return self._pop() if self._items else None
 
 
 class Sender(threading.Thread):
     """Sends frames to one rank on one tag; ``latest=True`` replaces a frame not yet sent by a newer one."""
 
-    def __init__(self, dst: int, tag: int, stats: "LinkStats", on_close=None, latest: bool = False):
+    def __init__(self, mesh: Mesh, dst: int, tag: int, stats: "LinkStats", on_close=None, latest: bool = False):
         super().__init__(name=f"send-{dst}-{tag}", daemon=True)
-        self.dst, self.tag, self.stats, self.latest, self.on_close = dst, tag, stats, latest, on_close
+        self.mesh, self.dst, self.tag, self.stats, self.latest, self.on_close = mesh, dst, tag, stats, latest, on_close
         self.cv = threading.Condition()
         self.items: list[Tensor] = []
         self.busy = False
@@ -130,14 +118,14 @@ class Sender(threading.Thread):
                 self.busy = True
             t0 = time.perf_counter()
             try:
-                dist.isend(frame, dst=self.dst, tag=self.tag).wait()
-            except Exception as e:  # noqa: BLE001
+                nbytes = self.mesh.write(self.dst, self.tag, frame)
+            except Exception as e:  # noqa: BLE001 - a dead or broken peer
                 with self.cv:
                     self.closed, self.busy, self.items = True, False, []
                 if self.on_close is not None:
-                    self.on_close(self.dst, str(e).split("\n")[0][:200])
+                    self.on_close(self.dst, str(e).split("\n")[0][:200] or type(e).__name__)
                 return
-            self.stats.add_sent(frame.numel() * frame.element_size(), time.perf_counter() - t0)
+            self.stats.add_sent(nbytes, time.perf_counter() - t0)
             with self.cv:
                 self.busy = False
                 self.cv.notify_all()
@@ -164,9 +152,12 @@ class LinkStats:
 
 
 class Links:
-    """This process's senders and receivers, created on demand, sharing counters."""
+    """This process's senders and receivers over its ``Mesh``, created on demand, sharing counters."""
 
-    def __init__(self, rank: int):
+    def __init__(self, rank: int, mesh: Mesh | None = None):
+        self.mesh = mesh if mesh is not None else current_mesh()
+        if rank != self.mesh.rank:
+            raise ValueError(f"Links({rank}) in the process of rank {self.mesh.rank}")
         self.rank = rank
         self.stats = LinkStats()
         self.senders: dict[tuple[int, int], Sender] = {}
@@ -177,7 +168,7 @@ class Links:
 
     def listen(self, src: int, tag: int, layout: Layout, inbox: Inbox) -> Receiver:
         r = Receiver(src, tag, layout, inbox, self.stats)
-        r.start()
+        self.mesh.register(r)
         self.receivers.append(r)
         return r
 
@@ -190,9 +181,13 @@ class Links:
     def send(self, dst: int, tag: int, frame: Tensor, latest: bool = False) -> None:
         if dst == self.rank:
             raise ValueError("a process does not send frames to itself")
+        if dst not in self.mesh.socks:
+            raise ValueError(f"rank {self.rank} has no link to rank {dst} (world size {self.mesh.world_size})")
+        if not 0 <= tag <= 0xFFFF:
+            raise ValueError(f"tag {tag} is not in 0..65535")
         s = self.senders.get((dst, tag))
         if s is None:
-            s = self.senders[(dst, tag)] = Sender(dst, tag, self.stats, self._closed, latest)
+            s = self.senders[(dst, tag)] = Sender(self.mesh, dst, tag, self.stats, self._closed, latest)
         s.post(frame)
 
     def drain(self, timeout: float) -> bool:
@@ -205,8 +200,9 @@ class Links:
         return False
 
     def receivers_done(self, timeout: float) -> bool:
-        """Wait until every receiver has stopped (their peers closed the connections)."""
+        """Wait until the links of every rank this process listens to have closed (their processes ended)."""
         end = time.monotonic() + timeout
-        for r in self.receivers:
-            r.join(max(0.0, end - time.monotonic()))
-        return not any(r.is_alive() for r in self.receivers)
+        readers = [self.mesh.readers[s] for s in sorted({r.src for r in self.receivers})]
+        for t in readers:
+            t.join(max(0.0, end - time.monotonic()))
+        return not any(t.is_alive() for t in readers)

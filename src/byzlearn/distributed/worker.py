@@ -58,7 +58,8 @@ class WorkerProcess:
         group.ready(cfg, world)
 
     def note(self, text: str) -> None:
-        self.notes.append(text)
+        if len(self.notes) < 1000:  # bounded: a flood of malformed parameters cannot grow it without end
+            self.notes.append(text)
 
     # -- the shared random streams ------------------------------------------------------------------
     def advance(self, r: int) -> None:

@@ -129,9 +129,8 @@ class Simulator:
         reference code of Karimireddy et al.), so data-level attacks train on real data."""
         d = self.cfg.data
         holders = self.n if d.shards == "all" else self.n - self.f
-        extra = {"gamma": d.gamma} if d.partition == "gamma_similarity" else {}
         parts = partition(labels[train_idx], holders, d.partition, self.gens["partition"],
-                          alpha=d.alpha, labels_per_worker=d.labels_per_worker, **extra)
+                          alpha=d.alpha, labels_per_worker=d.labels_per_worker, gamma=d.gamma)
         shards = [train_idx[p] for p in parts]
         if d.shards == "all":
             return shards

@@ -8,6 +8,7 @@ A matrix config is a run config (the base of every cell) plus a ``[matrix]`` sec
     byzantine   = [3]                                   # workers.byzantine values
     data        = [{partition = "iid"}, {partition = "dirichlet", alpha = 0.3}]   # heterogeneity levels
     seeds       = [0]
+    momentum    = [0.0, 0.9]                            # workers.momentum levels (optional)
 
 Each cell is an ordinary run folder under ``OUT/cells/``; a cell whose ``summary.json`` exists is not
 run again, so an interrupted matrix resumes where it stopped (and a killed cell resumes from its
@@ -33,7 +34,7 @@ import torch
 from .. import config as config_mod
 from ..registry import ConfigError
 
-MATRIX_KEYS = {"aggregators", "attacks", "byzantine", "data", "seeds"}
+MATRIX_KEYS = {"aggregators", "attacks", "byzantine", "data", "seeds", "momentum"}
 
 
 @dataclass
@@ -47,6 +48,8 @@ class Cell:
     def slug(self) -> str:
         s = self.setting
         parts = [self.method, self.attack, f"f{s['byzantine']}", s["heterogeneity"], f"seed{s['seed']}"]
+        if s.get("momentum"):  # worker momentum (folders without it are the momentum-free cells)
+            parts.append(f"m{s['momentum']}")
         return "__".join(p.replace("/", "-").replace(" ", "") for p in parts)
 
 
@@ -92,8 +95,11 @@ def expand(raw: dict[str, Any]) -> list[Cell]:
     fs = m.get("byzantine", [base.workers.byzantine])
     hets = m.get("data", [{}])
     seeds = m.get("seeds", [base.train.seed])
+    moms = m.get("momentum", [None])  # worker momentum levels (None: the base config's)
+    if not isinstance(moms, list) or not moms or any(b is not None and not isinstance(b, (int, float)) for b in moms):
+        raise ConfigError(f"matrix.momentum must be a list of workers.momentum values, e.g. [0.0, 0.9]; got {moms!r}")
     cells = []
-    for het in hets:
+    for het, mom in ((h, b) for h in hets for b in moms):
         for f in fs:
             for attack in attacks if f > 0 else [{"name": "none"}]:  # with no Byzantine worker, no attack
                 for agg in aggs:
@@ -104,6 +110,8 @@ def expand(raw: dict[str, Any]) -> list[Cell]:
                         cell_raw.setdefault("workers", {})["byzantine"] = f
                         cell_raw.setdefault("data", {}).update(het)
                         cell_raw.setdefault("train", {})["seed"] = seed
+                        if mom is not None:
+                            cell_raw.setdefault("workers", {})["momentum"] = float(mom)
                         cfg = config_mod.from_dict(cell_raw)
                         validate(cfg)
                         setting = {
@@ -115,6 +123,8 @@ def expand(raw: dict[str, Any]) -> list[Cell]:
                             setting["alpha"] = cfg.data.alpha
                         if cfg.data.partition == "gamma_similarity":
                             setting["gamma"] = cfg.data.gamma
+                        if mom is not None:
+                            setting["momentum"] = cfg.workers.momentum
                         cells.append(Cell(_label(agg), _label(attack), setting, cell_raw))
     return cells
 
@@ -194,10 +204,12 @@ def _column_labels(rows: list[dict[str, Any]]) -> list[str]:
     """A column label per row: attack and f, plus heterogeneity and seed when they vary."""
     hets = len({r["setting"]["heterogeneity"] for r in rows}) > 1
     seeds = len({r["setting"]["seed"] for r in rows}) > 1
+    moms = len({r["setting"].get("momentum", 0.0) for r in rows}) > 1
     labels = []
     for r in rows:
         s = r["setting"]
-        labels.append(f"{s['attack']} f={s['byzantine']}" + (f" {s['heterogeneity']}" if hets else "") + (f" s{s['seed']}" if seeds else ""))
+        labels.append(f"{s['attack']} f={s['byzantine']}" + (f" {s['heterogeneity']}" if hets else "")
+                      + (f" m={s.get('momentum', 0.0)}" if moms else "") + (f" s{s['seed']}" if seeds else ""))
     return labels
 
 
