@@ -9,6 +9,7 @@ A matrix config is a run config (the base of every cell) plus a ``[matrix]`` sec
     data        = [{partition = "iid"}, {partition = "dirichlet", alpha = 0.3}]   # heterogeneity levels
     seeds       = [0]
     momentum    = [0.0, 0.9]                            # workers.momentum levels (optional)
+    honest      = 10                                    # optional: workers.n = honest + f in every cell
 
 Each cell is an ordinary run folder under ``OUT/cells/``; a cell whose ``summary.json`` exists is not
 run again, so an interrupted matrix resumes where it stopped (and a killed cell resumes from its
@@ -34,7 +35,7 @@ import torch
 from .. import config as config_mod
 from ..registry import ConfigError
 
-MATRIX_KEYS = {"aggregators", "attacks", "byzantine", "data", "seeds", "momentum"}
+MATRIX_KEYS = {"aggregators", "attacks", "byzantine", "data", "seeds", "momentum", "honest"}
 
 
 @dataclass
@@ -95,6 +96,9 @@ def expand(raw: dict[str, Any]) -> list[Cell]:
     fs = m.get("byzantine", [base.workers.byzantine])
     hets = m.get("data", [{}])
     seeds = m.get("seeds", [base.train.seed])
+    honest = m.get("honest")  # a fixed number of honest workers: workers.n = honest + f (ByzFL's benchmark)
+    if honest is not None and (not isinstance(honest, int) or isinstance(honest, bool) or honest < 1):
+        raise ConfigError(f"matrix.honest must be a positive integer (workers.n = honest + f in each cell), got {honest!r}")
     moms = m.get("momentum", [None])  # worker momentum levels (None: the base config's)
     if not isinstance(moms, list) or not moms or any(b is not None and not isinstance(b, (int, float)) for b in moms):
         raise ConfigError(f"matrix.momentum must be a list of workers.momentum values, e.g. [0.0, 0.9]; got {moms!r}")
@@ -108,6 +112,8 @@ def expand(raw: dict[str, Any]) -> list[Cell]:
                         cell_raw["aggregator"] = dict(agg)
                         cell_raw["attack"] = dict(attack)
                         cell_raw.setdefault("workers", {})["byzantine"] = f
+                        if honest is not None:
+                            cell_raw["workers"]["n"] = honest + f
                         cell_raw.setdefault("data", {}).update(het)
                         cell_raw.setdefault("train", {})["seed"] = seed
                         if mom is not None:
@@ -226,7 +232,8 @@ def write_results(rows: list[dict[str, Any]], out: Path, wall: float, command: s
         w = csv.writer(fh)
         w.writerow(["method", *keys, "final_test_accuracy", "best_test_accuracy", "wall_time"])
         for r in clean:
-            w.writerow([r["method"], *[r["setting"].get(k, "") for k in keys], r["final_test_accuracy"], r["best_test_accuracy"], r["wall_time"]])
+            w.writerow([r["method"], *[r["setting"].get(k, "") for k in keys], r["final_test_accuracy"], r["best_test_accuracy"],
+                        r["wall_time"]])
     lines = ["| rule | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for m in methods:
         cells = [f"{100 * grid[(m, c)]['final_test_accuracy']:.1f}" if (m, c) in grid else "" for c in cols]
