@@ -12,6 +12,14 @@ rounding error of ``D_ij`` becomes ``~ eps * (|x_i - c|^2 + |x_j - c|^2)`` inste
 norm is at most the largest honest norm and centring never makes the error more than ~4x worse than
 no centring, while it typically removes the common (honest mean) component. Callers wanting more
 digits pass float64 inputs (the Gram is then accumulated in float64).
+
+Hostile values: when the input-dtype Gram cannot be trusted (float16/bfloat16 input; a finite row
+whose squared norm overflowed; squared norms so large that sums of distances could overflow; or a
+batch so small that its squares underflow), :func:`wide_gram` recomputes it in ``wide_dtype``
+(float32 for float16, else float64) on rows multiplied by an exact power of two ``s`` (1 unless the
+input is float64), centred at the median-norm row. The Gram is then that of ``s * G``: callers
+compare distances (unchanged by ``s``) or rescale thresholds (``tau * s``, ``nu * s``). Ordinary
+inputs never take this path, so their results are bit for bit those of the input-dtype Gram.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._finite import check_batch, check_f  # noqa: F401  (re-exported for the distance rules)
+from ._finite import LOW_PRECISION, all_finite, check_batch, check_f, finite_rows, pow2_scale, row_norms, wide_dtype  # noqa: F401
 
 # Number of matrix elements per column chunk of the centred Gram (keeps the chunk cache-resident).
 _CHUNK_ELEMS = 1 << 21
@@ -74,21 +82,79 @@ def centered_gram(G: Tensor, finite: Tensor | None = None, center: Tensor | None
 _CENTRE_BELOW = 0.05
 
 
-def distance_gram(G: Tensor) -> tuple[Tensor, Tensor]:
-    """``(K, finite)``: a Gram matrix good for pairwise distances, in one pass over ``G`` when possible.
+def gram_is_trusted(G: Tensor, K: Tensor, finite: Tensor, center: Tensor | None = None) -> bool:
+    """Whether ``K`` (input dtype, rows outside ``finite`` zeroed; centred at ``center`` if given) is
+    good for distances: no finite row lost to an overflowing squared norm, every entry finite, the
+    largest squared norm below ``max / (4n)`` (sums of n distances stay finite) and, unless every
+    row is zero (sits on the centre), above ``tiny / eps`` (squares did not underflow)."""
+    if G.dtype in LOW_PRECISION:
+        return False
+    if not bool(finite.all()) and bool((finite_rows(G) & ~finite).any()):
+        return False
+    if not bool(torch.isfinite(K).all()):
+        return False
+    if not bool(finite.any()):
+        return True
+    info = torch.finfo(G.dtype)
+    top = float(K.diagonal()[finite].max())
+    if top > info.max / (4 * G.shape[0]):
+        return False
+    if top < info.tiny / info.eps:
+        X = G if center is None else G - center  # a rare pass: only for batches this small
+        return top == 0 and not bool((X.abs().amax(dim=1)[finite] > 0).any())
+    return True
+
+
+def wide_gram(G: Tensor, center: Tensor | None = None) -> tuple[Tensor, Tensor, float]:
+    """``(K, finite, s)``: ``K_ij = <s x_i - s c, s x_j - s c>`` in ``wide_dtype``, for the hostile cases.
+
+    ``s`` is 1, or for float64 input the power of two that brings the median-norm finite row's
+    largest entry into [0.5, 1) (rows up to ~1e150 times larger still square to finite numbers;
+    beyond that they join the non-finite rows). ``c`` defaults to that median-norm row.
+    Non-finite rows (and rows whose rescaled squared norm overflows) get zero rows/columns.
+    """
+    n, d = G.shape
+    W = wide_dtype(G.dtype)
+    finite = finite_rows(G)
+    ref = robust_center(G, finite, row_norms(G))
+    s = pow2_scale(float(ref.abs().max())) if G.dtype == torch.float64 and d > 0 else 1.0
+    c = (ref if center is None else center).to(W) * s
+    K = torch.zeros(n, n, dtype=W, device=G.device)
+    chunk = max(1024, _CHUNK_ELEMS // max(n, 1))
+    for a in range(0, d, chunk):  # loop over column blocks, not coordinates
+        X = G[:, a : a + chunk].to(W) * s - c[a : a + chunk]
+        X = torch.where(finite[:, None], X, torch.zeros((), dtype=W, device=G.device))
+        K.addmm_(X, X.T)
+    K = 0.5 * (K + K.T)
+    finite = finite & torch.isfinite(K.diagonal())
+    ok = finite[:, None] & finite[None, :]
+    if not bool(ok.all()):
+        K = torch.where(ok, K, torch.zeros((), dtype=W, device=G.device))
+    return K, finite, s
+
+
+def distance_gram(G: Tensor) -> tuple[Tensor, Tensor, float, bool]:
+    """``(K, finite, s, wide)``: the Gram matrix of ``s * G`` up to a translation, good for pairwise
+    distances, and whether it came from :func:`wide_gram` (else every finite row's squared norm is
+    below ``max / (4n)``, so no mean of rows can overflow).
 
     First the raw ``G @ G.T`` (one GEMM; entries between finite rows are exact dot products whatever
     the other rows hold, and a row with NaN/Inf or an overflowing norm shows as a non-finite
     diagonal entry). If the rows share a dominant common component (median squared distance below
     ``_CENTRE_BELOW`` times the largest squared norm), where ``|x_i|^2 + |x_j|^2 - 2<x_i, x_j>``
     would cancel, it is recomputed on centred rows (:func:`centered_gram`). Either way the result
-    is the Gram matrix of the rows up to a translation, so distances from it are the same.
+    is the Gram matrix of the rows up to a translation, so distances from it are the same. ``s = 1``
+    there; hostile inputs (:func:`gram_is_trusted` false) get :func:`wide_gram` instead.
     """
+    if G.dtype in LOW_PRECISION:
+        return (*wide_gram(G), True)
     K = G @ G.T
     K = 0.5 * (K + K.T)
     finite = torch.isfinite(K.diagonal())
     if not bool(finite.all()):
         K = torch.where(finite[:, None] & finite[None, :], K, torch.zeros((), dtype=K.dtype, device=K.device))
+    if not gram_is_trusted(G, K, finite):
+        return (*wide_gram(G), True)
     m = int(finite.sum())
     if m >= 2:
         idx = torch.nonzero(finite).flatten()
@@ -98,7 +164,7 @@ def distance_gram(G: Tensor) -> tuple[Tensor, Tensor]:
         off = D[torch.triu_indices(m, m, 1, device=D.device).unbind()]
         if bool(off.median() < _CENTRE_BELOW * diag.max()):
             K, finite, _ = centered_gram(G, finite)
-    return K, finite
+    return K, finite, 1.0, False
 
 
 def sq_distances_from_gram(K: Tensor, finite: Tensor) -> tuple[Tensor, Tensor]:
@@ -116,21 +182,48 @@ def sq_distances_from_gram(K: Tensor, finite: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def weighted_rows(G: Tensor, w: Tensor, finite: Tensor) -> Tensor:
-    """``sum_i w_i x_i`` over rows with non-zero weight, never multiplying a non-finite row (0 * NaN = NaN)."""
-    w = w.to(dtype=G.dtype, device=G.device)
-    if bool(finite.all()):
-        return w @ G
-    idx = torch.nonzero((w != 0) & finite).flatten()
-    return w[idx] @ G[idx]
+    """``sum_i w_i x_i`` over rows with non-zero weight, never multiplying a non-finite row (0 * NaN = NaN).
+
+    float16/bfloat16 are combined in float32; a combination that overflows although its rows are
+    finite (rows near the dtype maximum) is recomputed in ``wide_dtype`` (float64: on halved rows).
+    """
+    dtype = G.dtype
+    if dtype in LOW_PRECISION:
+        return weighted_rows(G.float(), w, finite).to(dtype)
+    wx = w.to(dtype=dtype, device=G.device)
+    idx = None if bool(finite.all()) else torch.nonzero((wx != 0) & finite).flatten()
+    out = wx @ G if idx is None else wx[idx] @ G[idx]
+    if not all_finite(out):
+        out = _wide_mix(G, w.reshape(1, -1), idx)[0]
+    return out
 
 
-def mix_rows(G: Tensor, M: Tensor, finite: Tensor) -> Tensor:
-    """``M @ G`` where columns of ``M`` on non-finite rows are zero, without touching those rows."""
-    M = M.to(dtype=G.dtype, device=G.device)
-    if bool(finite.all()):
-        return M @ G
-    idx = torch.nonzero(finite).flatten()
-    return M[:, idx] @ G[idx]
+def mix_rows(G: Tensor, M: Tensor, finite: Tensor, check: bool = True) -> Tensor:
+    """``M @ G`` where columns of ``M`` on non-finite rows are zero, without touching those rows.
+
+    Same low-precision and overflow handling as :func:`weighted_rows`; ``check = False`` skips the
+    overflow test (a pass over the output) when the caller knows the rows are small enough.
+    """
+    dtype = G.dtype
+    if dtype in LOW_PRECISION:
+        return mix_rows(G.float(), M, finite, check).to(dtype)
+    idx = None if bool(finite.all()) else torch.nonzero(finite).flatten()
+    Mx = M.to(dtype=dtype, device=G.device)
+    out = Mx @ G if idx is None else Mx[:, idx] @ G[idx]
+    if check and not all_finite(out):
+        out = _wide_mix(G, M, idx)
+    return out
+
+
+def _wide_mix(G: Tensor, M: Tensor, idx: Tensor | None) -> Tensor:
+    """``M[:, idx] @ G[idx]`` in ``wide_dtype``, for float64 on halved rows (no intermediate overflow)."""
+    dtype = G.dtype
+    W = wide_dtype(dtype)
+    half = 0.5 if dtype == W else 1.0  # powers of two: exact
+    Mw = M.to(dtype=W, device=G.device)
+    Gi = G if idx is None else G[idx]
+    Mw = Mw if idx is None else Mw[:, idx]
+    return ((Mw @ (Gi.to(W) * half)) / half).to(dtype)
 
 
 # -- exact vertex cover on small graphs (bitmask adjacency), used by MDA -------------------------------

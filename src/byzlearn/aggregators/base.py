@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ..registry import Component, ConfigError, Registry
+from ._finite import check_batch
 
 
 @dataclass
@@ -70,8 +71,7 @@ class Aggregator(Component):
         raise NotImplementedError
 
     def __call__(self, G: Tensor, ctx: AggregationContext | None = None) -> Tensor:
-        if G.dim() != 2:
-            raise ValueError(f"{self.name}: expected a gradient batch Tensor[n, d], got shape {tuple(G.shape)}")
+        check_batch(G, self.name)
         self.check(G.shape[0])
         return self.aggregate(G, ctx if ctx is not None else AggregationContext())
 

@@ -15,7 +15,7 @@ functions are re-exported by ``aggregators.functional``.
 
 from torch import Tensor
 
-from ._finite import check_batch, check_f, sort_workers
+from ._finite import check_batch, check_f, mean_rows, sort_workers
 from .base import AGGREGATORS, AggregationContext, Aggregator
 from ..registry import ConfigError
 
@@ -50,6 +50,7 @@ def trimmed_mean(G: Tensor, f: int) -> Tensor:
     ``n - 2f`` (the ByzFL / epfml convention: trim ``b = f`` per side). Requires ``n > 2f``.
     ``f = 0`` is the plain mean. With ``f >= 1`` the rule is computed from one sort along the
     worker axis, NaN ordered above ``+inf``: up to ``f`` rows with NaN/±inf entries are trimmed away.
+    The average does not overflow for values up to the dtype's maximum (``_finite.mean_rows``).
     """
     check_batch(G, "trimmed_mean")
     check_f(f, "trimmed_mean")
@@ -57,9 +58,9 @@ def trimmed_mean(G: Tensor, f: int) -> Tensor:
     if not 2 * f < n:
         raise ValueError(f"trimmed_mean needs n > 2f (trims f values per side), got n={n}, f={f}")
     if f == 0:
-        return G.mean(dim=0)
+        return mean_rows(G)
     S = sort_workers(G)
-    return S[f : n - f].mean(dim=0).to(G.device)
+    return mean_rows(S[f : n - f]).to(G.device)
 
 
 # ------------------------------------------------------------------------------------------------

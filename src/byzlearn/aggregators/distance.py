@@ -6,19 +6,22 @@ Functional core (re-exported by ``aggregators.functional``):
 - :func:`krum` ``(G, f)``, :func:`multi_krum` ``(G, f, m=None)``   (Blanchard et al., NeurIPS 2017)
 - :func:`bulyan` ``(G, f)``                                          (El Mhamdi et al., ICML 2018)
 - :func:`mda` ``(G, f)``                                             (minimum-diameter averaging)
-- :func:`geometric_median` ``(G, eps, max_iter, nu, weights, f)``    (Weiszfeld / smoothed Weiszfeld, RFA)
-- :func:`centered_clipping` ``(G, center, tau, iters, f)``           (Karimireddy, He, Jaggi, ICML 2021)
 - :func:`nnm` ``(G, f) -> Tensor[n, d]``                             (Allouah et al., AISTATS 2023)
+
+The geometric median and centered clipping, iterated on the same Gram matrix, live in ``iterative``.
 
 Common conventions:
 
-- ``G`` is ``Tensor[n, d]`` (float32 or float64, any device); rules return ``Tensor[d]`` in ``G``'s dtype.
+- ``G`` is ``Tensor[n, d]`` (float16, bfloat16, float32 or float64, any device); rules return
+  ``Tensor[d]`` in ``G``'s dtype. float16/bfloat16 are computed in float32/float64 (``_pairwise``).
 - Pairwise distances come from ONE centred Gram matrix (see ``_pairwise`` for the precision choice:
   the Gram is accumulated in the input dtype on rows centred at a median-norm row).
-- Non-finite rows (NaN/Inf, or rows whose squared norm overflows) are infinitely far from every
-  other row: they are never selected while finite candidates remain, they get zero weight in the
-  geometric median and contribute nothing in centered clipping. With at most ``f`` such rows no rule
-  crashes and the output is finite.
+- Non-finite rows (NaN/Inf) are infinitely far from every other row: they are never selected while
+  finite candidates remain, they get zero weight in the geometric median and contribute nothing in
+  centered clipping. With at most ``f`` such rows no rule crashes and the output is finite. Finite
+  rows keep their real distances whatever their size (up to the dtype's maximum): when the input
+  dtype's Gram would overflow or underflow, it is recomputed in a wider dtype (``_pairwise.wide_gram``;
+  float64 inputs more than ~1e150 times the median row's scale count as non-finite).
 - Ties are broken towards the lowest row index (Krum, Multi-Krum, Bulyan's picks, NNM's neighbours)
   and towards the lexicographically lowest subset (MDA).
 - Every function raises ``ValueError`` naming the violated condition when ``(n, f)`` is outside the
@@ -33,7 +36,7 @@ from torch import Tensor
 
 from ..registry import ConfigError
 from . import _pairwise as P
-from ._finite import sort_workers
+from ._finite import LOW_PRECISION, all_finite, compute_dtype, mean_rows, sort_workers
 from .base import AGGREGATORS, PREAGGREGATORS, AggregationContext, Aggregator, PreAggregator
 
 __all__ = [
@@ -44,8 +47,6 @@ __all__ = [
     "bulyan",
     "mda",
     "mda_subset",
-    "geometric_median",
-    "centered_clipping",
     "nnm",
     "nnm_mixing_matrix",
 ]
@@ -85,8 +86,14 @@ def _require(who: str, problem: str | None) -> None:
 
 
 def _distances(G: Tensor) -> tuple[Tensor, Tensor]:
-    K, finite = P.distance_gram(G)
-    return P.sq_distances_from_gram(K, finite)
+    """``(D, finite)``: squared distances of ``s * G`` (``s`` a power of two, see ``_pairwise``): fit for comparisons."""
+    return _distances_wide(G)[:2]
+
+
+def _distances_wide(G: Tensor) -> tuple[Tensor, Tensor, bool]:
+    """``(D, finite, wide)``: :func:`_distances` and whether the Gram took the wide (hostile) path."""
+    K, finite, _, wide = P.distance_gram(G)
+    return (*P.sq_distances_from_gram(K, finite), wide)
 
 
 def pairwise_sq_distances(G: Tensor) -> Tensor:
@@ -96,10 +103,15 @@ def pairwise_sq_distances(G: Tensor) -> Tensor:
     in column chunks), ``D_ij = K_ii + K_jj - 2 K_ij``, clamped at 0, exactly zero diagonal,
     symmetric. Rows with NaN/Inf (or an overflowing norm) are at distance ``+inf`` from every other
     row and never enter the product, so they do not change the other entries. Pass float64 inputs
-    for distances that are tiny compared with the rows' spread around the centre.
+    for distances that are tiny compared with the rows' spread around the centre. A distance beyond
+    the dtype's range is ``+inf`` (computed in a wider dtype, then returned in ``G``'s).
     """
     P.check_batch(G, "pairwise_sq_distances")
-    return _distances(G)[0]
+    K, finite, s, _ = P.distance_gram(G)
+    D = P.sq_distances_from_gram(K, finite)[0]
+    if s != 1.0:
+        D = D * (1.0 / s) * (1.0 / s)
+    return D.to(G.dtype)
 
 
 # =====================================================================================================
@@ -222,13 +234,23 @@ def bulyan(G: Tensor, f: int) -> Tensor:
     theta, beta = n - 2 * f, n - 4 * f
     D, finite = _distances(G)
     picks = _bulyan_picks(D, finite, f, theta)
-    s = sort_workers(G[picks])  # theta x d, sorted along the worker axis
+    S = sort_workers(G[picks])  # theta x d, sorted along the worker axis
+    s = S.float() if G.dtype in LOW_PRECISION else S
     h = theta // 2
     m2 = 2.0 * s[h] if theta % 2 == 1 else s[h - 1] + s[h]
-    start = (s[: theta - beta] + s[beta:] < m2).sum(dim=0)  # monotone in j: a prefix
+    pair = s[: theta - beta] + s[beta:]
+    if not (all_finite(m2) and all_finite(pair)):
+        # values near the dtype maximum: the same comparison on halves (exact scaling, no overflow)
+        m2 = s[h] if theta % 2 == 1 else 0.5 * s[h - 1] + 0.5 * s[h]
+        pair = 0.5 * s[: theta - beta] + 0.5 * s[beta:]
+    start = (pair < m2).sum(dim=0)  # monotone in j: a prefix
     pos = torch.arange(theta, device=G.device)[:, None]
     mask = (pos >= start) & (pos < start + beta)
-    return torch.where(mask, s, torch.zeros((), dtype=s.dtype, device=s.device)).sum(dim=0) / beta
+    out = torch.where(mask, s, torch.zeros((), dtype=s.dtype, device=s.device)).sum(dim=0) / beta
+    if not all_finite(out):  # the window's sum overflowed: average it without overflow
+        window = torch.gather(s, 0, start + torch.arange(beta, device=G.device)[:, None])  # beta x d
+        out = mean_rows(window)
+    return out.to(G.dtype)
 
 
 # =====================================================================================================
@@ -316,165 +338,6 @@ def mda(G: Tensor, f: int) -> Tensor:
 
 
 # =====================================================================================================
-# Geometric median (Weiszfeld, smoothed Weiszfeld) in Gram space
-# =====================================================================================================
-
-
-def geometric_median(
-    G: Tensor,
-    eps: float = 1e-6,
-    max_iter: int = 100,
-    nu: float = 0.0,
-    weights: Tensor | None = None,
-    f: int | None = None,
-) -> Tensor:
-    """Geometric median ``argmin_z sum_i a_i |z - x_i|`` by Weiszfeld's algorithm.
-
-    - Initialisation: the (weighted) mean of the finite rows (as RFA and the geom_median package).
-    - ``nu = 0``: Weiszfeld with the Vardi-Zhang step when ``z`` lands on data points (within
-      rounding: ``|z - x_k|^2 <= 16 eps_dtype (|x_k - c|^2 + |z - c|^2)``); if the pull of the other
-      points does not exceed the coinciding weight, that point is the median and the loop stops.
-    - ``nu > 0``: smoothed Weiszfeld (RFA, Pillutla et al.): ``beta_i = a_i / max(nu, |z - x_i|)``.
-    - Stops when the relative change of the objective ``sum_i a_i |z - x_i|`` is below ``eps``, or
-      after ``max_iter`` iterations (``max_iter = 0`` returns the initial mean).
-    - ``weights``: optional non-negative ``a_i`` (default 1). Non-finite rows get weight 0.
-    - ``f``: optional; when given, checks the breakdown condition ``f < n/2``.
-
-    All iterations run in Gram space: ``z = w^T G`` stays a convex combination of the rows, so
-    ``|z - x_i|^2 = w^T K w - 2 (K w)_i + K_ii`` with the centred Gram ``K``; the iterations cost
-    O(n^2) each (in float64) and ``d`` is touched only by ``K`` and the final ``w^T G``.
-    """
-    n, d = P.check_batch(G, "geometric_median")
-    if f is not None:
-        P.check_f(f, "geometric_median")
-        _require("geometric_median", _req_half(n, f))
-    if not (isinstance(eps, (int, float)) and eps >= 0):
-        raise ValueError(f"geometric_median: eps must be >= 0, got {eps!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
-        raise ValueError(f"geometric_median: max_iter must be a non-negative integer, got {max_iter!r}")
-    if not (isinstance(nu, (int, float)) and nu >= 0):
-        raise ValueError(f"geometric_median: nu must be >= 0, got {nu!r}")
-    K, finite = P.distance_gram(G)
-    a = torch.ones(n, dtype=torch.float64)
-    if weights is not None:
-        weights = torch.as_tensor(weights).detach().to("cpu", torch.float64).flatten()
-        if weights.shape != (n,) or not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
-            raise ValueError(f"geometric_median: weights must be {n} finite non-negative numbers")
-        a = weights.clone()
-    a = a * finite.to("cpu", torch.float64)
-    if float(a.sum()) <= 0:
-        return torch.full((d,), float("nan"), dtype=G.dtype, device=G.device)
-    idx = torch.nonzero(a > 0).flatten()
-    a = a[idx]
-    Kc = K.detach().to("cpu", torch.float64)[idx][:, idx]
-    w = _weiszfeld_gram(Kc, a, eps, max_iter, nu, torch.finfo(G.dtype).eps)
-    w_full = torch.zeros(n, dtype=torch.float64)
-    w_full[idx] = w
-    return P.weighted_rows(G, w_full.to(G.device), finite)
-
-
-def _weiszfeld_gram(K: Tensor, a: Tensor, eps: float, max_iter: int, nu: float, eps_dtype: float) -> Tensor:
-    diag = K.diagonal()
-
-    def dist(w: Tensor) -> tuple[Tensor, Tensor]:
-        Kw = K @ w
-        zz = w @ Kw
-        return (zz - 2.0 * Kw + diag).clamp_min(0.0).sqrt(), zz
-
-    w = a / a.sum()
-    dst, zz = dist(w)
-    obj = float(a @ dst)
-    for _ in range(max_iter):  # iterations on n x n matrices only
-        if nu > 0:
-            beta = a / dst.clamp_min(nu)
-            w_new = beta / beta.sum()
-        else:
-            near = dst.square() <= 16.0 * eps_dtype * (diag + zz).clamp_min(0.0)
-            if bool(near.any()):  # z sits on data point(s): Vardi-Zhang step
-                far = ~near
-                if not bool(far.any()):
-                    break
-                eta = float(a[near].sum())
-                beta = torch.where(far, a / torch.where(far, dst, torch.ones_like(dst)), torch.zeros_like(a))
-                T = beta / beta.sum()
-                diff = T - w
-                r = float(beta.sum()) * math.sqrt(max(float(diff @ (K @ diff)), 0.0))
-                if r <= eta:
-                    break  # the coinciding point is the geometric median
-                w_new = (1.0 - eta / r) * T + (eta / r) * w
-            else:
-                beta = a / dst
-                w_new = beta / beta.sum()
-        dst_new, zz_new = dist(w_new)
-        obj_new = float(a @ dst_new)
-        if nu == 0 and obj_new > obj:
-            break  # Weiszfeld decreases the objective; an increase is rounding: keep the better point
-        done = abs(obj - obj_new) <= eps * obj
-        w, dst, zz, obj = w_new, dst_new, zz_new, obj_new
-        if done:
-            break
-    return w
-
-
-# =====================================================================================================
-# Centered clipping
-# =====================================================================================================
-
-
-def centered_clipping(
-    G: Tensor,
-    center: Tensor | None = None,
-    tau: float = 10.0,
-    iters: int = 3,
-    f: int | None = None,
-) -> Tensor:
-    """Centered clipping (Karimireddy, He, Jaggi, ICML 2021, "Learning from History").
-
-    ``v_0 = center`` (zeros when None; the object passes the previous round's output),
-    ``v_{l+1} = v_l + (1/n) sum_i clip_tau(x_i - v_l)``, ``clip_tau(z) = z min(1, tau/|z|)``,
-    ``iters`` = L steps; returns ``v_L``. Non-finite rows contribute nothing (as if they had sent
-    ``v_l``); the factor stays ``1/n``. ``f`` is optional: when given, checks ``f < n/2`` (the
-    breakdown bound we enforce; the paper proves robustness for a small constant Byzantine
-    fraction and we do not encode its constant).
-
-    Runs in Gram space: ``v_l = v_0 + a_l^T (G - v_0)`` for a coefficient vector ``a_l``, so with
-    ``K = (G - v_0)(G - v_0)^T`` (one GEMM, centred at ``v_0``) every step costs O(n^2):
-    ``|x_i - v_l|^2 = K_ii - 2 (K a)_i + a^T K a`` and ``a_{l+1} = a_l (1 - sum_i c_i / n) + c / n``
-    with ``c_i = min(1, tau / |x_i - v_l|)``. ``d`` is touched by ``K`` and the final
-    ``v_0 (1 - sum a) + a^T G`` only, whatever ``iters``.
-    """
-    n, d = P.check_batch(G, "centered_clipping")
-    if f is not None:
-        P.check_f(f, "centered_clipping")
-        _require("centered_clipping", _req_half(n, f))
-    if not (isinstance(tau, (int, float)) and tau > 0):
-        raise ValueError(f"centered_clipping: tau must be > 0, got {tau!r}")
-    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
-        raise ValueError(f"centered_clipping: iters must be a non-negative integer, got {iters!r}")
-    if center is None:
-        v0 = torch.zeros(d, dtype=G.dtype, device=G.device)
-    else:
-        if tuple(center.shape) != (d,):
-            raise ValueError(f"centered_clipping: center must have shape ({d},), got {tuple(center.shape)}")
-        v0 = center.detach().to(dtype=G.dtype, device=G.device)
-    if iters == 0:
-        return v0.clone()
-    finite, _ = P.finite_norms(G)
-    K, finite, _ = P.centered_gram(G, finite, v0)
-    finite = finite & torch.isfinite(K.diagonal())
-    K = K.detach().to("cpu", torch.float64)
-    fin = finite.to("cpu", torch.float64)
-    diag = K.diagonal()
-    a = torch.zeros(n, dtype=torch.float64)
-    for _ in range(iters):  # L steps on n x n matrices
-        Ka = K @ a
-        norms = (diag - 2.0 * Ka + a @ Ka).clamp_min(0.0).sqrt()
-        c = torch.clamp(tau / norms, max=1.0) * fin  # |z| = 0: tau/0 = inf -> 1; non-finite rows: 0
-        a = a * (1.0 - float(c.sum()) / n) + c / n
-    return v0 * (1.0 - float(a.sum())) + P.weighted_rows(G, a.to(G.device), finite)
-
-
-# =====================================================================================================
 # NNM: nearest-neighbour mixing (pre-aggregation)
 # =====================================================================================================
 
@@ -482,16 +345,20 @@ def centered_clipping(
 def nnm_mixing_matrix(G: Tensor, f: int) -> tuple[Tensor, Tensor]:
     """``(M, finite)``: row i of ``M`` has ``1/(n-f)`` on the n-f nearest rows to ``x_i``, itself
     first (ties: lowest index). Requires ``f < n/2``."""
+    return _nnm_matrix(G, f)[:2]
+
+
+def _nnm_matrix(G: Tensor, f: int) -> tuple[Tensor, Tensor, bool]:
     n, _ = P.check_batch(G, "nnm")
     P.check_f(f, "nnm")
     _require("nnm", _req_half(n, f))
-    D, finite = _distances(G)
+    D, finite, wide = _distances_wide(G)
     Dx = D.clone()
     Dx.fill_diagonal_(-1.0)  # self first, even with duplicates at distance 0
     nbrs = torch.sort(Dx, dim=1, stable=True).indices[:, : n - f]
-    M = torch.zeros(n, n, dtype=G.dtype, device=G.device)
+    M = torch.zeros(n, n, dtype=compute_dtype(G.dtype), device=G.device)  # float32 weights for float16/bfloat16
     M.scatter_(1, nbrs, 1.0 / (n - f))
-    return M, finite
+    return M, finite, wide
 
 
 def nnm(G: Tensor, f: int) -> Tensor:
@@ -502,8 +369,8 @@ def nnm(G: Tensor, f: int) -> Tensor:
     (the rule after NNM sees them as non-finite and ignores them); finite rows never mix them in
     while at most f exist.
     """
-    M, finite = nnm_mixing_matrix(G, f)
-    Y = P.mix_rows(G, M, finite)
+    M, finite, wide = _nnm_matrix(G, f)
+    Y = P.mix_rows(G, M, finite, check=wide)  # a trusted Gram bounds every row: its means cannot overflow
     if not bool(finite.all()):
         bad = torch.nonzero(~finite).flatten()
         Y[bad] = G[bad]
@@ -598,77 +465,6 @@ class MDA(Aggregator):
 
     def aggregate(self, G: Tensor, ctx: AggregationContext) -> Tensor:
         return mda(G, self.f)
-
-
-@AGGREGATORS.register("geometric_median")
-class GeometricMedian(Aggregator):
-    """Geometric median by (smoothed, nu > 0) Weiszfeld iterations in Gram space; robust for f < n/2.
-
-    Per-row weights (e.g. sample counts, as in RFA) may be passed per round in
-    ``ctx.extras["weights"]`` (``Tensor[n]``, non-negative); default: equal weights.
-    """
-
-    name = "geometric_median"
-
-    def __init__(self, f: int = 0, eps: float = 1e-6, max_iter: int = 100, nu: float = 0.0):
-        super().__init__(f)
-        _config_float(eps, "eps", positive=False)
-        _config_int(max_iter, "max_iter", 0)
-        _config_float(nu, "nu", positive=False)
-        self.eps, self.max_iter, self.nu = float(eps), max_iter, float(nu)
-
-    def requirement(self, n: int) -> str | None:
-        return _req_half(n, self.f)
-
-    def aggregate(self, G: Tensor, ctx: AggregationContext) -> Tensor:
-        weights = ctx.extras.get("weights") if ctx is not None else None
-        return geometric_median(G, self.eps, self.max_iter, self.nu, weights=weights)
-
-    def __repr__(self) -> str:
-        return f"GeometricMedian(f={self.f}, eps={self.eps}, max_iter={self.max_iter}, nu={self.nu})"
-
-
-@AGGREGATORS.register("centered_clipping")
-class CenteredClipping(Aggregator):
-    """Centered clipping (Karimireddy et al. 2021): iters clipped steps from the previous round's output."""
-
-    name = "centered_clipping"
-
-    def __init__(self, f: int = 0, tau: float = 10.0, iters: int = 3):
-        super().__init__(f)
-        _config_float(tau, "tau", positive=True)
-        _config_int(iters, "iters", 0)
-        self.tau, self.iters = float(tau), iters
-        self.center: Tensor | None = None
-
-    def requirement(self, n: int) -> str | None:
-        # The paper proves robustness for a small constant Byzantine fraction; we enforce the
-        # breakdown bound f < n/2 (more Byzantine than honest rows can move the output at will).
-        return _req_half(n, self.f)
-
-    def aggregate(self, G: Tensor, ctx: AggregationContext) -> Tensor:
-        center = self.center
-        if center is not None and center.shape != (G.shape[1],):
-            raise ValueError(
-                f"centered_clipping: the stored center has {center.shape[0]} coordinates but the batch has "
-                f"{G.shape[1]}; call reset() when the model changes"
-            )
-        out = centered_clipping(G, center, self.tau, self.iters)
-        self.center = out.detach().clone()
-        return out
-
-    def reset(self) -> None:
-        self.center = None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"center": None if self.center is None else self.center.detach().clone()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        c = state.get("center")
-        self.center = None if c is None else torch.as_tensor(c).detach().clone()
-
-    def __repr__(self) -> str:
-        return f"CenteredClipping(f={self.f}, tau={self.tau}, iters={self.iters})"
 
 
 @PREAGGREGATORS.register("nnm")

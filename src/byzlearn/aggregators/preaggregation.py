@@ -8,7 +8,9 @@ Functions hold the maths (re-exported by ``aggregators.functional``); the regist
 Non-finite rows: the clipping pre-aggregators turn a row with a NaN/±inf entry into a zero row
 (its direction is undefined, so it cannot be rescaled); bucketing leaves such a row in its bucket,
 whose mean becomes non-finite, and the base rule must then survive it (one poisoned bucket per
-poisoned row at most).
+poisoned row at most). Finite rows are handled whatever their size (norms and means that would
+overflow the dtype are computed in float64), float16/bfloat16 in float32, and a batch handed over
+(``ctx.owns_batch``) is overwritten only if it owns its memory.
 """
 
 import math
@@ -16,7 +18,8 @@ import math
 import torch
 from torch import Tensor
 
-from ._finite import check_batch, check_f, finite_rows, row_norms
+from ._finite import LOW_PRECISION, all_finite, big_row_parts, check_batch, check_f, finite_rows, mean_rows, row_norms
+from ._pairwise import mix_rows
 from .base import PREAGGREGATORS, AggregationContext, PreAggregator
 from ..registry import ConfigError
 
@@ -33,10 +36,13 @@ def bucketing(G: Tensor, s: int, generator: torch.Generator | None = None) -> Te
     CPU generator when None), cut it into consecutive buckets of ``s`` rows (the last bucket holds
     the remaining ``n mod s`` rows when ``s`` does not divide ``n``) and return the mean of each
     bucket. The permutation is drawn on the generator's device (CPU when None) and moved to ``G``'s.
+    float16/bfloat16 are averaged in float32; means of finite rows never overflow.
     """
     check_batch(G, "bucketing")
     if not isinstance(s, int) or isinstance(s, bool) or s < 1:
         raise ValueError(f"bucketing: the bucket size s must be a positive integer, got {s!r}")
+    if G.dtype in LOW_PRECISION:
+        return bucketing(G.float(), s, generator).to(G.dtype)
     n, d = G.shape
     gen_device = generator.device if generator is not None else torch.device("cpu")
     perm = torch.randperm(n, generator=generator, device=gen_device).to(G.device)
@@ -48,19 +54,50 @@ def bucketing(G: Tensor, s: int, generator: torch.Generator | None = None) -> Te
     B = torch.zeros(m, n, dtype=G.dtype, device=G.device)
     B[bucket, torch.arange(n, device=G.device)] = 1.0 / size[bucket]
     out = B @ G
-    if not bool(torch.isfinite(out.sum())):  # 0 * NaN spreads a bad row to every bucket: redo without them
+    if not all_finite(out):
+        # 0 * NaN spreads a bad row to every bucket: redo without them (and without overflow, mix_rows)
         finite = finite_rows(G)
-        out = B[:, finite] @ G[finite]
+        out = mix_rows(G, B, finite)
         for b in torch.unique(bucket[~finite]).tolist():  # the few buckets holding a bad row (at most f)
-            out[b] = G[bucket == b].mean(dim=0)
+            out[b] = mean_rows(G[bucket == b])
     return out
 
 
-def _clip_to(G: Tensor, norms: Tensor, threshold: Tensor | float, inplace: bool = False) -> Tensor:
+def _writable(G: Tensor) -> bool:
+    """Whether ``G`` may be overwritten in place: it owns its memory (not a view such as an expanded
+    row, whose elements share storage) and needs no autograd history."""
+    return G._base is None and G.is_contiguous() and not (G.requires_grad and torch.is_grad_enabled())
+
+
+def _big_rows(G: Tensor, norms: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+    """``(idx, m, nu)`` for the finite rows whose norm overflowed the dtype (``row_norms`` gave +inf):
+    their norm is ``m * nu`` in float64 (``_finite.big_row_parts``); ``None`` when there are none."""
+    inf = torch.isinf(norms)
+    if not bool(inf.any()):
+        return None
+    idx = torch.nonzero(inf & finite_rows(G)).flatten()
+    if idx.numel() == 0:
+        return None
+    m, nu = big_row_parts(G[idx])
+    return idx, m, nu
+
+
+def _clip_to(G: Tensor, norms: Tensor, threshold: Tensor | float, inplace: bool = False,
+             big: tuple[Tensor, Tensor, Tensor] | None = None, big_threshold: float | None = None) -> Tensor:
     """Rescale rows with norm above ``threshold`` to norm ``threshold``; non-finite rows -> zero rows.
 
     ``inplace``: overwrite ``G`` (only the rows that change) instead of allocating the result.
+    ``big`` (``_big_rows``): finite rows whose norm overflows the dtype, clipped in float64 as
+    ``(x / m) * (t / nu)`` to ``big_threshold`` (default ``threshold``; ``inf``: left unchanged).
     """
+    replace = None
+    if big is not None:
+        idx, m, nu = big
+        t = float(threshold) if big_threshold is None else big_threshold
+        X = G[idx].to(torch.float64)
+        if math.isfinite(t):  # x * t / ||x|| as (x / m) * (t / nu): no factor overflows
+            X = torch.where((m * nu > t)[:, None], (X / m[:, None]) * (t / nu)[:, None], X)
+        replace = (idx, X.to(G.dtype))
     threshold = torch.as_tensor(threshold, dtype=norms.dtype, device=norms.device)
     # norms > threshold is False for norm 0 and for NaN; inf norms (non-finite rows) are zeroed below.
     scale = torch.where(norms > threshold, threshold / norms, torch.ones_like(norms))
@@ -69,26 +106,34 @@ def _clip_to(G: Tensor, norms: Tensor, threshold: Tensor | float, inplace: bool 
         out = G * scale.unsqueeze(1)
         if bool(torch.isinf(norms).any()):  # 0 * NaN = NaN: set those rows to zero explicitly
             out[torch.isinf(norms)] = 0.0
-        return out
-    G.mul_(scale.unsqueeze(1))  # x * 1.0 == x exactly: unclipped rows stay bit for bit
-    if bool(torch.isinf(norms).any()):
-        G[torch.isinf(norms)] = 0.0
-    return G
+    else:
+        G.mul_(scale.unsqueeze(1))  # x * 1.0 == x exactly: unclipped rows stay bit for bit
+        if bool(torch.isinf(norms).any()):
+            G[torch.isinf(norms)] = 0.0
+        out = G
+    if replace is not None:
+        out[replace[0]] = replace[1]
+    return out
 
 
 def static_clip(G: Tensor, c: float = 2.0, inplace: bool = False) -> Tensor:
     """Static norm clipping: ``x_i * min(1, c / ||x_i||_2)`` for every row (ByzFL ``Clipping``, c = 2.0).
 
     Rows with norm <= ``c`` are returned unchanged (bit for bit); a row containing a NaN or ±inf
-    entry becomes a zero row. Norms are overflow-safe (see ``_finite.row_norms``). ``inplace``
-    overwrites ``G`` and returns it (what the objects do when ``ctx.owns_batch``).
+    entry becomes a zero row. Norms are overflow-safe (see ``_finite.row_norms``); a finite row
+    whose norm overflows the dtype is clipped in float64. ``inplace`` overwrites ``G`` and returns
+    it (what the objects do when ``ctx.owns_batch``) unless ``G`` does not own its memory (a view,
+    e.g. an expanded row); float16/bfloat16 are clipped in float32.
     """
     check_batch(G, "static_clip")
     if not (isinstance(c, (int, float)) and not isinstance(c, bool) and c > 0 and math.isfinite(c)):
         raise ValueError(f"static_clip: the clipping threshold c must be a positive finite number, got {c!r}")
-    return _clip_to(G, row_norms(G), float(c), inplace)
-
-
+    inplace = inplace and _writable(G)
+    if G.dtype in LOW_PRECISION:
+        out = static_clip(G.float(), c).to(G.dtype)
+        return G.copy_(out) if inplace else out
+    norms = row_norms(G)
+    return _clip_to(G, norms, float(c), inplace, _big_rows(G, norms))
 def arc_clipped_count(n: int, f: int) -> int:
     """ARC's number of clipped vectors ``k = floor(2 (f/n) (n - f))`` (exact integer arithmetic)."""
     return (2 * f * (n - f)) // n
@@ -103,18 +148,30 @@ def arc(G: Tensor, f: int, inplace: bool = False) -> Tensor:
     Clipping every row whose norm exceeds that threshold is the same map (rows tied with the
     threshold are unchanged by clipping either way). Requires ``n > 2f``. Rows with NaN/±inf
     entries count as having norm ``+inf`` (so they are among the clipped ones) and become zero rows.
+    Finite rows whose norm overflows the dtype keep their true (float64) norm and are clipped in
+    float64. ``inplace``, float16/bfloat16: as :func:`static_clip`.
     """
     check_batch(G, "arc")
     check_f(f, "arc")
     n = G.shape[0]
     if not 2 * f < n:
         raise ValueError(f"arc needs n > 2f, got n={n}, f={f}")
+    inplace = inplace and _writable(G)
+    if G.dtype in LOW_PRECISION:
+        out = arc(G.float(), f).to(G.dtype)
+        return G.copy_(out) if inplace else out
     k = arc_clipped_count(n, f)
     norms = row_norms(G)
+    big = _big_rows(G, norms)
     if k == 0:
-        return _clip_to(G, norms, math.inf, inplace)
-    threshold = torch.sort(norms).values[n - k - 1]
-    return _clip_to(G, norms, threshold, inplace)
+        return _clip_to(G, norms, math.inf, inplace, big)
+    if big is None:
+        threshold = torch.sort(norms).values[n - k - 1]
+        return _clip_to(G, norms, threshold, inplace)
+    key = norms.to(torch.float64)  # the big rows' true norms (float64, possibly inf for float64 input)
+    key[big[0]] = big[1] * big[2]
+    t = float(torch.sort(key).values[n - k - 1])
+    return _clip_to(G, norms, torch.tensor(t, dtype=torch.float64).to(G.dtype), inplace, big, t)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ._finite import check_batch, finite_rows
+from ._finite import big_row_parts, check_batch, finite_rows, mean_rows
 from .base import AGGREGATORS, AggregationContext, Aggregator
 from ..registry import ConfigError
 
@@ -42,7 +42,8 @@ def zeno_scores(
 
     ``pen(u) = mean(u**2)`` (official code) or ``sum(u**2)`` (paper), see the module docstring.
     A candidate with a NaN/±inf entry, or whose loss after the step is not finite, scores ``-inf``
-    (so it is dropped first); the scores never contain NaN. Computed in float64.
+    (so it is dropped first); the scores never contain NaN. Computed in float64; a valid candidate
+    whose score overflows (a penalty beyond float64) scores ``-max``, above every invalid one.
     """
     check_batch(G, "zeno")
     n = G.shape[0]
@@ -56,8 +57,19 @@ def zeno_scores(
         pen = G.double().pow(2).sum(dim=1)
     else:
         raise ValueError(f"zeno: penalty must be 'mean_square' or 'squared_norm', got {penalty!r}")
-    scores = loss_before - losses_after - float(rho) * pen
-    ok = finite_rows(G) & torch.isfinite(losses_after) & ~torch.isnan(scores)
+    finite = finite_rows(G)
+    term = float(rho) * pen
+    big = finite & ~torch.isfinite(pen)  # finite rows whose squares overflow float64
+    if bool(big.any()):
+        idx = torch.nonzero(big).flatten()
+        m, nu = big_row_parts(G[idx])  # ||u||^2 = m^2 nu^2: rho * m^2 * q without forming m^2 (may still overflow)
+        q = nu.square() / (G.shape[1] if penalty == "mean_square" else 1)
+        term = term.clone()
+        term[idx] = (math.sqrt(float(rho)) * m).square() * q
+    scores = loss_before - losses_after - term
+    ok = finite & torch.isfinite(losses_after) & ~torch.isnan(scores)
+    # a valid candidate whose score overflows (a huge penalty) still ranks above every invalid one
+    scores = torch.where(ok & (scores == -math.inf), torch.full_like(scores, -torch.finfo(scores.dtype).max), scores)
     return torch.where(ok, scores, torch.full_like(scores, -math.inf))
 
 
@@ -82,7 +94,7 @@ def zeno(
     scores = zeno_scores(G, loss_before, losses_after, rho, penalty)
     order = torch.sort(scores, descending=True, stable=True).indices
     keep = order[: n - b]
-    return G.index_select(0, keep).mean(dim=0)
+    return mean_rows(G.index_select(0, keep))
 
 
 @AGGREGATORS.register("zeno")
