@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.byzlearn-installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test lint bench clean
 
 demo: $(STAMP)
 	$(VENV)/bin/byzlearn demo
@@ -12,14 +12,19 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
 
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/simulator.py
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "byzlearn needs Python 3.11: make PYTHON=python3.11"'
+# constraints.txt pins the exact torch of the development set-up (pyproject.toml takes a range); the set-up
+# stays on Python 3.11, whose local torch 2.13.0 CPU wheel the pin selects.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "the development set-up uses Python 3.11: make PYTHON=python3.11"'
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 clean:

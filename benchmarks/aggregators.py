@@ -224,9 +224,9 @@ def main(argv=None) -> int:
                 with torch.no_grad():
                     if label in INPLACE_PRE:  # as in the engine: the batch is handed over (a copy made untimed)
                         owned = dataclasses.replace(ctx, owns_batch=True)
-                        sec = time_call(lambda X: agg(X, owned), device, args.repeats, prepare=G.clone)
+                        sec = time_call(lambda X, agg=agg, owned=owned: agg(X, owned), device, args.repeats, prepare=G.clone)
                     else:
-                        sec = time_call(lambda _: agg(G, ctx), device, args.repeats)
+                        sec = time_call(lambda _, agg=agg, G=G, ctx=ctx: agg(G, ctx), device, args.repeats)
                 timings[label] = sec
                 results.append(dict(impl="byzlearn", rule=label, n=n, d=d, f=f, ms=sec * 1e3, ratio=None, note=""))
                 print(f"  n={n:4d} d={d:>9d} f={f:3d} {label:<22s} {sec * 1e3:10.2f} ms", file=sys.stderr, flush=True)
@@ -236,7 +236,7 @@ def main(argv=None) -> int:
                         continue
                     try:
                         with torch.no_grad():
-                            prep = (lambda: G.clone()) if inplace else (lambda: G)
+                            prep = (lambda G=G: G.clone()) if inplace else (lambda G=G: G)
                             sec = time_call(fn, device, args.repeats, prepare=prep)
                         results.append(dict(impl="byzfl", rule=label, n=n, d=d, f=f, ms=sec * 1e3, ratio=None, note=""))
                         print(f"  n={n:4d} d={d:>9d} f={f:3d} byzfl:{label:<16s} {sec * 1e3:10.2f} ms", file=sys.stderr, flush=True)

@@ -36,7 +36,8 @@ for n in (4, 7, 10, 13, 16, 19, 25, 31):
 print("| n | f | method | messages / round | MB / round | bytes / (n^3 d 4B) | ms / round (simulation) |")
 print("|---|---|---|---|---|---|---|")
 for r in rows:
-    print(f"| {r['n']} | {r['f']} | {r['method']} | {r['messages_per_round']:,.0f} | {r['MB_per_round']:,.1f} | {r['bytes_over_n3d']:.2f} | {r['ms_per_round']:.1f} |")
+    print(f"| {r['n']} | {r['f']} | {r['method']} | {r['messages_per_round']:,.0f} | {r['MB_per_round']:,.1f} | "
+          f"{r['bytes_over_n3d']:.2f} | {r['ms_per_round']:.1f} |")
 
 rule_rows = []
 for n in (7, 13, 19, 25, 31):
@@ -46,7 +47,7 @@ for n in (7, 13, 19, 25, 31):
     inputs = {"random": torch.cat([honest, torch.randn(f, d, generator=g)]),
               "copies": torch.cat([honest, (honest.mean(0) + 100 * torch.randn(d, generator=g)).expand(f, d)])}
     for kind, G in inputs.items():
-        ms = {name: 1e3 * median_time(lambda fn=fn: fn(G, f), 3) for name, fn in
+        ms = {name: 1e3 * median_time(lambda fn=fn, G=G, f=f: fn(G, f), 3) for name, fn in
               (("mean", lambda G, f: G.mean(0)), ("mda", mda), ("mve", mve_average))}
         rule_rows.append({"n": n, "f": f, "q": n - f, "input": kind, **{f"{k}_ms": v for k, v in ms.items()},
                           "mve_over_mda": ms["mve"] / ms["mda"], "mve_over_mean": ms["mve"] / ms["mean"]})

@@ -58,7 +58,7 @@ def main():
     groups = repetition_groups(n, s)
     R = rep.encode(G, groups)
     R[bad] = 240.0
-    res["draco_repetition decode"] = median_time(lambda: rep.decode(R, groups, s), a.repeats)
+    res["draco_repetition decode"] = median_time(lambda R=R: rep.decode(R, groups, s), a.repeats)
     code = CyclicCode(n, s)
     del R
     res["draco_cyclic encode (all n workers)"] = median_time(lambda: code.encode(G), max(1, a.repeats // 2))

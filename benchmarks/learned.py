@@ -52,8 +52,8 @@ from byzlearn.aggregators import build_aggregator
 from byzlearn.attacks import ATTACKS, AttackContext
 from byzlearn.data import load_dataset
 from byzlearn.engine import Simulator
-from byzlearn.learned import save_aggregator
 from byzlearn.learned import meta_train as MT
+from byzlearn.learned import save_aggregator
 
 VARIANTS = {  # label -> meta-training overrides of the network
     "rnn_lstm": [],

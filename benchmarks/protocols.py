@@ -90,7 +90,7 @@ def momentum(base: list[str], n: int, extra: list[str], repeats: int, rounds: in
         for _ in range(rounds):
             s.step()
 
-    for beta, s in sims.items():
+    for s in sims.values():
         block(s)  # warm-up
     for _ in range(repeats):
         for beta, s in sims.items():
@@ -115,7 +115,7 @@ def main() -> None:
     if args.quick:
         base, sizes, K = ["data.name=digits", "model.name=mlp20"], [10], 2
     else:
-        base, sizes, K = [f"data.name=mnist", f"data.data_dir={json.dumps(args.data_dir)}", "model.name=fc_mnist"], [13, 45], 5
+        base, sizes, K = ["data.name=mnist", f"data.data_dir={json.dumps(args.data_dir)}", "model.name=fc_mnist"], [13, 45], 5
     base = base + ["workers.batch_size=32", "train.eval_every=1000"]
     res = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
            "command": "python " + " ".join(sys.argv), "fedavg": [], "momentum": []}

@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-
 import torch
 import torch.nn.functional as F
 
@@ -47,7 +46,7 @@ def run_full_and_resumed(cfg, tmp_path, stop_after):
     full = Run.create(cfg, tmp_path / "full").execute(progress=False)
     assert Run.create(cfg, tmp_path / "cut").execute(progress=False, stop_after=stop_after) is None
     Run.resume(tmp_path / "cut").execute(progress=False)
-    state = lambda d: torch.load(tmp_path / d / "checkpoint.pt", weights_only=False)["simulator"]  # noqa: E731
+    state = lambda d: torch.load(tmp_path / d / "checkpoint.pt", weights_only=True)["simulator"]  # noqa: E731
     return full, state("full"), state("cut")
 
 

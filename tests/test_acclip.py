@@ -125,7 +125,7 @@ def test_state_dict_round_trip_continues_identically(make, tmp_path):
     opt_first = make(list(first.parameters()))
     train(first, opt_first, 4, 0)
     torch.save({"model": first.state_dict(), "opt": opt_first.state_dict()}, tmp_path / "ck.pt")
-    ck = torch.load(tmp_path / "ck.pt")
+    ck = torch.load(tmp_path / "ck.pt", weights_only=True)
     resumed = copy.deepcopy(model)
     resumed.load_state_dict(ck["model"])
     opt_resumed = make(list(resumed.parameters()))

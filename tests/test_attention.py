@@ -10,7 +10,6 @@ from byzlearn.engine import Simulator
 from byzlearn.experiments.repro_acclip_attention import hill
 from byzlearn.models import MODELS
 from byzlearn.models.attention import VOCAB as MODEL_VOCAB
-
 from conftest import assert_batched_gradients_match_autograd
 
 

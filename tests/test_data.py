@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from byzlearn.data import DATASETS, DataFormatError, DataNotFoundError, load_dataset
-from byzlearn.data import cifar, idx, locate
+from byzlearn.data import DATASETS, DataFormatError, DataNotFoundError, cifar, idx, load_dataset, locate
 from byzlearn.registry import ConfigError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

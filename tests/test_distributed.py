@@ -45,7 +45,7 @@ def job(out: Path, overrides: list[str], **kw) -> dict:
 
 
 def theta(out: Path) -> torch.Tensor:
-    return torch.load(out / "checkpoint.pt", weights_only=False)["simulator"]["theta"]
+    return torch.load(out / "checkpoint.pt", weights_only=True)["simulator"]["theta"]
 
 
 def simulate(overrides: list[str]):

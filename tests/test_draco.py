@@ -58,7 +58,7 @@ def test_cyclic_detects_more_than_s_errors(n, s):
     M = CyclicCode(n, s).encode(G)
     correcting, detecting = CyclicCode(n, s), CyclicCode(n, s, correct=0)
     for w in range(s + 1, 2 * s + 1):
-        for trial in range(3):
+        for _ in range(3):
             B = M.clone()
             bad = torch.randperm(n, generator=g)[:w]
             B[bad] += 50 * torch.randn(w, B.shape[1], dtype=torch.float64, generator=g)

@@ -7,7 +7,6 @@ from byzlearn import config as C
 from byzlearn.attacks import ATTACKS, Attack
 from byzlearn.engine import Simulator
 from byzlearn.engine.sampling import ShardSampler
-
 from conftest import assert_batched_gradients_match_autograd
 
 

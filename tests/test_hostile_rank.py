@@ -25,7 +25,7 @@ from byzlearn.distributed.faults import FLOOD, HOSTILE, hostile_expected, hostil
 from byzlearn.distributed.frames import Frame, Kind, Layout, Malformed
 from byzlearn.distributed.launcher import launch, rendezvous_env
 from byzlearn.distributed.mesh import WIRE, WIRE_MAGIC, Mesh
-from byzlearn.distributed.protocol import TAG_GRAD, TAG_PARAMS
+from byzlearn.distributed.protocol import TAG_GRAD
 from byzlearn.distributed.transport import Closed, Inbox, Links
 from byzlearn.engine import make_simulator
 from byzlearn.registry import ConfigError
@@ -185,7 +185,7 @@ def test_a_hostile_rank_changes_nothing_but_the_malformed_count(tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert s["rounds"] == 60 and s["crashed_workers"] == [] and s["missing_gradients"] == 0 and s["late_gradients"] == 0
     assert s["malformed_messages"] == hostile_expected(5, 60) == 55 * len(HOSTILE) + FLOOD
-    theta = torch.load(out / "checkpoint.pt", weights_only=False)["simulator"]["theta"]
+    theta = torch.load(out / "checkpoint.pt", weights_only=True)["simulator"]["theta"]
     torch.testing.assert_close(theta, sim.theta.detach(), atol=1e-5, rtol=0)
     log = (out / "distributed.log").read_text()
     for reason in ("longer than any frame", "float64 message on a float32 channel", "uint8 message", "bad magic",

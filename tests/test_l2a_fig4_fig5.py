@@ -35,7 +35,7 @@ def test_quick_fig5_transfers_unchanged_networks_to_other_models_and_data(tmp_pa
     assert cells == {("models", "mlp40", "mnist"), ("data", "mlp20", "mnist2"), ("data", "mlp20", "fashion_mnist")}
     assert len(rows) == len(cells) * len(fig5.METHODS)
     assert all(r["setting"]["aggregator_trained_on"] == "mnist, mlp20" for r in rows)
-    for panel, model, data in cells:
+    for _panel, model, data in cells:
         assert _final(rows, "set_rnn_lstm", model=model, data=data) == pytest.approx(_final(rows, "mean", model=model, data=data), abs=0.01)
     md = (out / "results.md").read_text()
     assert "rnn_lstm - mean" in md and "Why the ReLU MLP fails" not in md  # the measured note belongs to the full run

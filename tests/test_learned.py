@@ -10,7 +10,14 @@ from byzlearn import config as C
 from byzlearn.aggregators import AggregationContext, build_aggregator
 from byzlearn.experiments.runner import Run
 from byzlearn.learned import (
-    CoordinatewiseRNN, learned_update, load_aggregator, log_sign, loss_features, normalise, save_aggregator, trial_points,
+    CoordinatewiseRNN,
+    learned_update,
+    load_aggregator,
+    log_sign,
+    loss_features,
+    normalise,
+    save_aggregator,
+    trial_points,
 )
 from byzlearn.learned.meta_train import load_config, meta_train
 from byzlearn.registry import ConfigError

@@ -63,7 +63,8 @@ def test_run_matrix_writes_results_and_resumes(tmp_path, monkeypatch):
 
 def test_matrix_cli(tmp_path, capsys):
     cfg = tmp_path / "m.toml"
-    cfg.write_text('[workers]\nn = 5\n[train]\nrounds = 10\neval_every = 10\n[matrix]\naggregators = ["mean", "median"]\nbyzantine = [1]\nattacks = ["zero"]\n')
+    cfg.write_text('[workers]\nn = 5\n[train]\nrounds = 10\neval_every = 10\n'
+                   '[matrix]\naggregators = ["mean", "median"]\nbyzantine = [1]\nattacks = ["zero"]\n')
     assert main(["matrix", str(cfg), "--out", str(tmp_path / "o"), "--quiet", "--set", "matrix.seeds=[0, 1]"]) == 0
     assert len(json.loads((tmp_path / "o" / "results.json").read_text())) == 4
     assert "median" in capsys.readouterr().out

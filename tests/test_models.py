@@ -9,7 +9,6 @@ from byzlearn.cli import main
 from byzlearn.engine import Simulator
 from byzlearn.models import MODELS, FlatModel
 from byzlearn.registry import ConfigError
-
 from conftest import assert_batched_gradients_match_autograd
 
 MNIST = (1, 28, 28)

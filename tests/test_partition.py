@@ -12,7 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from byzlearn.data import (
-    PARTITION_SCHEMES, extreme_split, gamma_similarity_split, load_dataset, pad_shards, partition, split_public,
+    PARTITION_SCHEMES,
+    extreme_split,
+    gamma_similarity_split,
+    load_dataset,
+    pad_shards,
+    partition,
+    split_public,
 )
 from byzlearn.registry import ConfigError
 

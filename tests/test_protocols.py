@@ -11,7 +11,7 @@ from byzlearn import config as C
 from byzlearn.attacks import Attack
 from byzlearn.engine import make_simulator
 from byzlearn.engine.round import AttackContractError
-from byzlearn.engine.work import Momentum, local_sgd
+from byzlearn.engine.work import Momentum
 from byzlearn.registry import ConfigError
 from conftest import run_full_and_resumed
 
@@ -260,3 +260,30 @@ def test_the_attack_contract_is_checked_in_one_place():
     callers = sorted(str(p.relative_to(src)) for p in src.rglob("*.py")
                      if "attack.forge(" in p.read_text() and not p.parts[-2] == "attacks")
     assert callers == ["engine/round.py"], callers
+
+
+def test_matrix_momentum_and_honest_keys_expand_cells():
+    from byzlearn.experiments import matrix as M
+
+    raw = {"data": {"name": "digits"}, "workers": {"n": 10}, "train": {"rounds": 2},
+           "matrix": {"byzantine": [1, 3], "honest": 7, "momentum": [0.0, 0.9], "aggregators": ["median"], "attacks": ["alie"]}}
+    cells = M.expand(raw)
+    assert len(cells) == 4
+    for c in cells:
+        cfg = C.from_dict(c.raw)
+        assert cfg.workers.n == 7 + cfg.workers.byzantine and cfg.workers.momentum == c.setting["momentum"]
+    slugs = [c.slug for c in cells]
+    assert len(set(slugs)) == 4 and sum(s.endswith("__m0.9") for s in slugs) == 2  # momentum-free cells keep their old names
+    with pytest.raises(ConfigError, match="matrix.honest"):
+        M.expand({**raw, "matrix": {**raw["matrix"], "honest": 0}})
+
+
+def test_optimal_alie_direction(digits):
+    from byzlearn.attacks import ATTACKS
+
+    H = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
+    minus, plus = ATTACKS.build("alie_optimal", {}, "attack"), ATTACKS.build("alie_optimal", {"direction": "plus"}, "attack")
+    stats = minus._prepare(H)
+    torch.testing.assert_close(minus._vector(stats, 2.0) + plus._vector(stats, 2.0), 2 * H.mean(0))
+    with pytest.raises(ConfigError, match="direction"):
+        ATTACKS.build("alie_optimal", {"direction": "up"}, "attack")

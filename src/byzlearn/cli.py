@@ -1,4 +1,7 @@
-"""Command line: ``byzlearn run | launch | matrix | tune | reproduce | meta-train | meta-validate | list | demo`` (also ``python -m byzlearn``)."""
+"""Command line: ``byzlearn run | launch | matrix | tune | reproduce | meta-train | meta-validate | list | demo``.
+
+Also ``python -m byzlearn``. Every bad input is one ``byzlearn: error: ...`` line (exit code 2) before anything is written.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ def _default_out(cfg: config_mod.Config) -> Path:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .experiments.runner import Run
+    from .experiments.runner import CHECKPOINT, Run, load_checkpoint, saved_config
 
     if args.engine == "distributed":  # one process of a torchrun / byzlearn launch job; ends the process
         from .distributed import runtime
@@ -29,6 +32,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.resume:
         if args.config or args.set:
             raise ConfigError("--resume DIR continues a run with its saved config; do not pass CONFIG or --set with it")
+        saved_config(Path(args.resume), args.device)  # not a run folder, or a bad config: say so first
+        if _finished(args.resume):
+            return 0
+        if not (Path(args.resume) / CHECKPOINT).exists():
+            load_checkpoint(Path(args.resume) / CHECKPOINT)  # the error: no checkpoint to continue from
         run = Run.resume(args.resume, device=args.device)
     else:
         overrides = list(args.set or [])
@@ -49,11 +57,44 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finished(folder: str) -> bool:
+    """Say so and return ``True`` when ``--resume folder`` names a finished run (nothing is written then)."""
+    from .experiments.runner import finished
+
+    summary = finished(folder)
+    if summary is not None:
+        print(f"run folder {folder} is finished ({summary['rounds']} rounds, final test accuracy "
+              f"{100 * summary['final_test_accuracy']:.2f}%): nothing to resume, nothing changed; to train longer, start a "
+              f"new run from its config.toml with a larger train.rounds")
+    return summary is not None
+
+
 def _cmd_launch(args: argparse.Namespace) -> int:
     from .distributed.launcher import launch
+    from .experiments.runner import check_new, check_resumable, preflight
 
+    if args.master_addr is not None and not args.master_addr.strip():
+        raise ConfigError("--master-addr needs an address of this machine (e.g. 127.0.0.1), got an empty string")
+    if args.max_restarts < 0:
+        raise ConfigError(f"--max-restarts {args.max_restarts} must be >= 0")
+    if args.resume and not (args.config or args.set):
+        if _finished(args.resume):
+            return 0
+        check_resumable(args.resume, args.device)  # before any process starts or any log is written
+    elif not args.resume and (args.nprocs is None or args.nprocs >= 2):
+        overrides = list(args.set or [])
+        if args.nprocs is not None and not any(o.strip().startswith("workers.n=") for o in overrides):
+            overrides.append(f"workers.n={args.nprocs - 1}")
+        if args.data_dir:
+            overrides.append(f"data.data_dir={json.dumps(args.data_dir)}")
+        if args.device:
+            overrides.append(f"train.device={json.dumps(args.device)}")
+        cfg = config_mod.load(args.config, overrides)
+        if args.out:
+            check_new(Path(args.out))
+        preflight([(cfg, None)])  # data and shards too, before N processes start
     return launch(args.nprocs, args.config, list(args.set or []), args.out, resume=args.resume, data_dir=args.data_dir,
-                  device=args.device, quiet=args.quiet, max_restarts=args.max_restarts)
+                  device=args.device, quiet=args.quiet, max_restarts=args.max_restarts, master_addr=args.master_addr)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -82,13 +123,17 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_matrix(args: argparse.Namespace) -> int:
-    from .experiments.matrix import load_matrix_config, run_matrix
+    from .experiments.matrix import expand, load_matrix_config, run_matrix
+    from .experiments.runner import check_folder, preflight
 
     overrides = list(args.set or [])
     if args.data_dir:
         overrides.append(f"data.data_dir={json.dumps(args.data_dir)}")
+    _check_tables(config_mod.read_toml(args.config))  # a bad file is a ConfigError naming it
     raw = load_matrix_config(args.config, overrides)
-    out = Path(args.out) if args.out else Path("runs") / f"matrix-{Path(args.config).stem if args.config else 'default'}"
+    out = check_folder(args.out or Path("runs") / f"matrix-{Path(args.config).stem if args.config else 'default'}")
+    _check_matrix(raw)
+    preflight([(config_mod.from_dict(c.raw), out / "cells" / c.slug) for c in expand(raw)])
     rows = run_matrix(raw, out, jobs=args.jobs, progress=False if args.quiet else None, command=args.command_line)
     print((out / "table.md").read_text())
     print(f"{len(rows)} cells; results: {out / 'results.md'}, {out / 'results.csv'}, {out / 'results.json'}, {out / 'heatmap.png'}")
@@ -97,13 +142,17 @@ def _cmd_matrix(args: argparse.Namespace) -> int:
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     from .experiments.matrix import load_matrix_config
-    from .experiments.tune import run_tune
+    from .experiments.runner import check_folder, preflight
+    from .experiments.tune import expand, run_tune
 
     overrides = list(args.set or [])
     if args.data_dir:
         overrides.append(f"data.data_dir={json.dumps(args.data_dir)}")
+    _check_tables(config_mod.read_toml(args.config))
     raw = load_matrix_config(args.config, overrides, sections=("matrix", "tune"))
-    out = Path(args.out) if args.out else Path("runs") / f"tune-{Path(args.config).stem}"
+    out = check_folder(args.out or Path("runs") / f"tune-{Path(args.config).stem}")
+    _check_matrix(raw)
+    preflight([(config_mod.from_dict(tc.cell.raw), tc.folder) for tc in expand(raw, out)[1]])
     rows = run_tune(raw, out, jobs=args.jobs, progress=False if args.quiet else None, command=args.command_line)
     print((out / "table.md").read_text())
     print(f"{len(rows)} choices; results: {out / 'results.md'}, {out / 'results.json'}, {out / 'heatmap_best.png'}")
@@ -112,24 +161,39 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from .experiments import reproduce
+    from .experiments.runner import check_folder
 
+    reproduce.load_all()
     if args.name is None:
-        reproduce.load_all()
         for e in reproduce.REPRODUCTIONS.entries():
             print(f"  {e.name:<24} {e.summary}")
         return 0
-    out = reproduce.run(args.name, Path(args.out) if args.out else None, quick=args.quick, data_dir=args.data_dir)
+    reproduce.REPRODUCTIONS.get(args.name)  # an unknown name lists the known ones
+    out = check_folder(args.out or Path("docs") / "reproductions" / args.name)
+    created = [p for p in (out, *out.parents) if not p.exists()]
+    try:
+        reproduce.run(args.name, out, quick=args.quick, data_dir=args.data_dir)
+    except ConfigError:  # e.g. its data is missing: leave no empty folder behind
+        for p in created:
+            if p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
+        raise
     print(f"results: {out / 'results.md'}")
     return 0
 
 
 def _cmd_meta_train(args: argparse.Namespace) -> int:
-    from .learned.meta_train import load_config, meta_train
+    from .experiments.runner import check_folder
+    from .learned.meta_train import CHECKPOINT, load_config, meta_train
 
     overrides = list(args.set or [])
     if args.data_dir:
         overrides.append(f"task.data_dir={json.dumps(args.data_dir)}")
     cfg = load_config(args.config, overrides)
+    check_folder(args.out)
+    if args.resume and not (Path(args.out) / CHECKPOINT).exists():
+        raise ConfigError(f"--resume: {str(Path(args.out) / CHECKPOINT)!r} does not exist (meta-training writes it at every "
+                          "validation); drop --resume to start, or give the --out of a meta-training that ran")
     card = meta_train(cfg, args.out, progress=False if args.quiet else None, resume=args.resume)
     print(f"{card['method']}: best validation score {card['validation_score']:.4f} (trajectory {card['best_trajectory']} of "
           f"{card['trajectories_run']}), {card['meta_steps']} meta-steps in {card['wall_time']:.0f} s "
@@ -140,11 +204,16 @@ def _cmd_meta_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_meta_validate(args: argparse.Namespace) -> int:
+    from .experiments.runner import check_folder
     from .learned.meta_train import meta_validate
 
     overrides = list(args.set or [])
     if args.data_dir:
         overrides.append(f"task.data_dir={json.dumps(args.data_dir)}")
+    if args.json:
+        if Path(args.json).is_dir():
+            raise ConfigError(f"--json {args.json!r} is a folder; give a file name, e.g. {Path(args.json) / 'scores.json'}")
+        check_folder(Path(args.json).parent, "--json's folder")
     res = meta_validate(args.folder, overrides)
     print(f"{res['method']} ({args.folder}), {res['steps']}-round validation trajectories, input_clip = "
           f"{str(res['input_clip']).lower()}: score {res['score']:.4f} (mean capped training loss; lower is better)")
@@ -157,8 +226,38 @@ def _cmd_meta_validate(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .experiments.demo import main as demo
+    from .experiments.runner import check_folder
 
-    return demo(out=Path(args.out) if args.out else None, quiet=args.quiet)
+    return demo(out=check_folder(args.out) if args.out else None, quiet=args.quiet)
+
+
+def _check_tables(raw: dict) -> dict:
+    """``raw`` (a parsed config file), checked to hold only tables at the top level."""
+    for section, values in raw.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{section}] must be a table of keys, got {values!r}; fix the config file")
+    return raw
+
+
+MATRIX_LISTS = ("aggregators", "attacks", "byzantine", "data", "seeds", "momentum")
+
+
+def _check_matrix(raw: dict) -> None:
+    """The ``[matrix]`` values a matrix expands over: non-empty lists (of integers for ``byzantine`` and ``seeds``,
+    of tables for ``data``), before the cells are built."""
+    _check_tables(raw)
+    m = raw.get("matrix", {})
+    for key in MATRIX_LISTS:
+        if key in m and (not isinstance(m[key], list) or not m[key]):
+            raise ConfigError(f"matrix.{key} = {m[key]!r} must be a non-empty list, e.g. matrix.{key} = "
+                              + {"byzantine": "[0, 3]", "seeds": "[0, 1]", "data": '[{partition = "iid"}]'}.get(key, '["mean"]'))
+    for key in ("byzantine", "seeds"):
+        for v in m.get(key, []):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ConfigError(f"matrix.{key} = {m[key]!r}: each entry must be an integer >= 0")
+    for v in m.get("data", []):
+        if not isinstance(v, dict):
+            raise ConfigError(f"matrix.data = {m['data']!r}: each entry must be a table of data keys, e.g. {{partition = \"iid\"}}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="train one configuration (simulator)", description="Train one configuration and write a run folder.")
     r.add_argument("config", nargs="?", help="TOML config file (every key has a default)")
-    r.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config key (repeatable), e.g. --set aggregator.name=krum")
+    r.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override a config key (repeatable), e.g. --set aggregator.name=krum")
     r.add_argument("--out", help="run folder (default: runs/<time>-<data>-<rule>-<attack>)")
     r.add_argument("--data-dir", help="where the data set's files are (also: BYZLEARN_DATA, data.data_dir)")
     r.add_argument("--device", help="cpu, cuda, cuda:N or auto (train.device)")
@@ -188,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     la.add_argument("--device", help="cpu, cuda or auto: with CUDA every rank uses cuda:LOCAL_RANK")
     la.add_argument("--resume", metavar="DIR", help="continue a run from its last checkpoint")
     la.add_argument("--max-restarts", type=int, default=0, help="restart every process from the last checkpoint when rank 0 fails")
+    la.add_argument("--master-addr", metavar="ADDR", help="an address of this machine for the rendezvous, gloo and the links "
+                                                          "(default: BYZLEARN_MASTER_ADDR, else 127.0.0.1)")
     la.add_argument("--quiet", action="store_true", help="no progress bar")
     la.set_defaults(func=_cmd_launch)
 
@@ -195,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     lst.set_defaults(func=_cmd_list)
 
     m = sub.add_parser("matrix", help="robustness matrix: rules x attacks x f (x heterogeneity), resumable",
-                       description="Run every cell of a matrix config ([matrix] section) not finished yet; write CSV, JSON, markdown and a heatmap.")
+                       description="Run every cell of a matrix config ([matrix] section) not finished yet; write CSV, JSON, "
+                                   "markdown and a heatmap.")
     m.add_argument("config", nargs="?", help="TOML config with a [matrix] section (aggregators, attacks, byzantine, data, seeds)")
     m.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a key (matrix.* keys too), repeatable")
     m.add_argument("--out", help="matrix folder (default: runs/matrix-<config name>); re-running it skips finished cells")
@@ -204,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--quiet", action="store_true", help="no progress bar")
     m.set_defaults(func=_cmd_matrix)
 
-    tu = sub.add_parser("tune", help="choose lr / momentum / weight decay per rule, f and heterogeneity: worst case over attacks, on validation",
+    tu = sub.add_parser("tune", help="choose lr / momentum / weight decay per rule, f and heterogeneity: worst case over attacks, "
+                                     "on validation",
                         description="Run a matrix config ([matrix]) for every combination of its [tune] lists (lr, momentum, "
                                     "weight_decay) and choose, per rule, f and heterogeneity, the combination with the best "
                                     "worst-case validation accuracy over attacks (ByzFL's protocol); needs data.validation_size > 0.")
@@ -227,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Meta-train a coordinatewise RNN/ARNN aggregator; save it (safetensors + card.json) in --out.")
     mt.add_argument("config", nargs="?", help="TOML with sections aggregator, task, byzantine, meta (every key has a default)")
     mt.add_argument("--out", required=True, help="folder for aggregator.safetensors, card.json, history.json, meta_loss.png")
-    mt.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a key (repeatable), e.g. --set aggregator.cell=gru")
+    mt.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                    help="override a key (repeatable), e.g. --set aggregator.cell=gru")
     mt.add_argument("--data-dir", help="where the data set's files are (task.data_dir; also BYZLEARN_DATA)")
     mt.add_argument("--resume", action="store_true", help="continue from --out's meta_checkpoint.pt (written at every validation)")
     mt.add_argument("--quiet", action="store_true", help="no progress bar")

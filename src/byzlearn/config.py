@@ -19,7 +19,7 @@ from typing import Any, Literal, Sequence
 
 import tomli_w
 
-from .registry import ConfigError, _type_name, _type_ok
+from .registry import ConfigError, _type_name, _type_ok, check_value
 
 
 @dataclass
@@ -168,6 +168,7 @@ def _check_fixed(section: str, cls: type, values: dict[str, Any]) -> Any:
         if key not in fields:
             allowed = ", ".join(f"{k} ({_type_name(hints[k])})" for k in hints)
             raise ConfigError(f"unknown key {section}.{key}; allowed keys in [{section}]: {allowed}")
+        check_value(value, f"{section}.{key}")
         if not _type_ok(value, hints[key]):
             raise ConfigError(f"{section}.{key} = {value!r} has the wrong type: expected {_type_name(hints[key])}")
     return cls(**{k: (float(v) if hints[k] is float else v) for k, v in values.items()})
@@ -190,6 +191,8 @@ def from_dict(raw: dict[str, Any]) -> Config:
             values = {**default, **values}
         if not isinstance(values["name"], str):
             raise ConfigError(f"{section}.name must be a string, got {values['name']!r}")
+        for key, value in values.items():
+            check_value(value, f"{section}.{key}")
         kwargs[section] = values
     return Config(**kwargs)
 
@@ -200,6 +203,8 @@ def parse_value(text: str) -> Any:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+    except RecursionError:
+        raise ConfigError(f"--set value {text[:40]!r}... nests arrays or tables too deeply; flatten it") from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str], sections: Sequence[str] = tuple(SECTIONS),
@@ -219,6 +224,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], sections: Sequenc
         if section not in sections:
             raise ConfigError(f"--set {item!r}: unknown section {section!r}; sections: {', '.join(sections)}")
         key, value = key.strip(), parse_value(text.strip())
+        if not isinstance(raw.get(section, {}), dict):
+            raise ConfigError(f"[{section}] must be a table of keys, got {raw[section]!r}; fix the config file")
         if section in open_defaults and key == "name":
             current = raw.get(section, {}).get("name", open_defaults[section]["name"])
             if current != value:  # switching component: the file's keys for the old one do not apply
@@ -239,9 +246,17 @@ def read_toml(path: str | Path | None) -> dict[str, Any]:
     if path is None:
         return {}
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config file {str(p)!r} is a folder; give a TOML file (or --resume {str(p)!r} for a run folder)")
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist")
     try:
-        return tomllib.loads(p.read_text())
+        return tomllib.loads(p.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise ConfigError(f"config file {str(p)!r} cannot be read ({e.strerror or e}); check its permissions") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {str(p)!r} is not UTF-8 text (byte {e.start}); save it as UTF-8 TOML") from e
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from e
+        raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}; fix that line") from e
+    except RecursionError as e:
+        raise ConfigError(f"config file {str(p)!r} nests arrays or tables too deeply to read; flatten it") from e

@@ -8,6 +8,7 @@ unknown or mistyped key fails before training with the list of allowed keys.
 from __future__ import annotations
 
 import inspect
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -87,7 +88,12 @@ class Registry(Generic[T]):
     def build(self, name: str, config: dict[str, Any], section: str, skip: tuple[str, ...] = (), **engine_args: Any) -> T:
         """Check the config keys against the factory's signature, then call it with them and ``engine_args``."""
         check_params(self, name, config, section, (*skip, *engine_args))
-        return self.get(name)(**config, **engine_args)
+        try:
+            return self.get(name)(**config, **engine_args)
+        except (ValueError, OverflowError) as e:  # a value (or the data's shape) the factory refuses
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"{self.kind} {name!r}: {e}; fix the {section}.* keys or choose another {section}.name") from e
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:
@@ -115,6 +121,23 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     return True
 
 
+INT64 = 2**63
+
+
+def check_value(value: Any, key: str) -> None:
+    """``ConfigError`` for a NaN anywhere in ``value`` (no setting takes one) or an integer beyond 64 bits."""
+    if isinstance(value, float) and math.isnan(value):
+        raise ConfigError(f"{key} = nan is not a number any setting takes; give a number (byzlearn list shows the keys)")
+    if isinstance(value, int) and not isinstance(value, bool) and not -INT64 <= value < INT64:
+        raise ConfigError(f"{key} = {value} is beyond the 64-bit integer range [-2^63, 2^63); give a smaller integer")
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_value(v, f"{key}[{i}]")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            check_value(v, f"{key}.{k}")
+
+
 def _type_name(annotation: Any) -> str:
     if annotation is inspect.Parameter.empty:
         return "any"
@@ -131,6 +154,7 @@ def check_params(registry: Registry[Any], name: str, params: dict[str, Any], sec
     except Exception:  # pragma: no cover - exotic annotations
         hints = {}
     for key, value in params.items():
+        check_value(value, f"{section}.{key}")
         if key not in allowed:
             listing = ", ".join(f"{k} ({_type_name(hints.get(k, p.annotation))})" for k, p in allowed.items()) or "none"
             raise ConfigError(f"unknown key {section}.{key} for {registry.kind} {name!r}; allowed keys: {listing}")

@@ -10,10 +10,13 @@ from .base import (
     PreAggregator,
     build_aggregator,
 )
-from . import rules as _rules  # noqa: F401  (registers the rules)
-from . import coordinatewise as _cw, preaggregation as _pre, validation as _val  # noqa: F401
-from . import distance as _distance, iterative as _iterative  # noqa: F401
-from ..learned import aggregator as _learned  # noqa: F401,E402  (registers "learned")
+
+# isort: split
+# registration: importing a family module registers its rules; the learned rule last (it imports the base)
+from . import coordinatewise, distance, iterative, preaggregation, rules, validation  # noqa: F401
+
+# isort: split
+from ..learned import aggregator as _learned  # noqa: F401  (registers "learned")
 
 __all__ = [
     "AGGREGATORS",

@@ -15,9 +15,9 @@ functions are re-exported by ``aggregators.functional``.
 
 from torch import Tensor
 
+from ..registry import ConfigError
 from ._finite import check_batch, check_f, mean_rows, sort_workers
 from .base import AGGREGATORS, AggregationContext, Aggregator
-from ..registry import ConfigError
 
 __all__ = ["median", "trimmed_mean", "Median", "TrimmedMean"]
 

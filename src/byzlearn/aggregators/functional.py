@@ -18,8 +18,8 @@ def mean(G: Tensor) -> Tensor:
     return mean_rows(G)
 
 
-from .distance import pairwise_sq_distances, krum, krum_scores, multi_krum, bulyan, mda, mda_subset, nnm, nnm_mixing_matrix  # noqa: E402,F401
-from .iterative import geometric_median, centered_clipping  # noqa: E402,F401
 from .coordinatewise import median, trimmed_mean  # noqa: E402,F401
-from .preaggregation import bucketing, static_clip, arc  # noqa: E402,F401
+from .distance import bulyan, krum, krum_scores, mda, mda_subset, multi_krum, nnm, nnm_mixing_matrix, pairwise_sq_distances  # noqa: E402,F401
+from .iterative import centered_clipping, geometric_median  # noqa: E402,F401
+from .preaggregation import arc, bucketing, static_clip  # noqa: E402,F401
 from .validation import zeno, zeno_scores  # noqa: E402,F401

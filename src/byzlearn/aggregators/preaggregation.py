@@ -18,10 +18,10 @@ import math
 import torch
 from torch import Tensor
 
+from ..registry import ConfigError
 from ._finite import LOW_PRECISION, all_finite, big_row_parts, check_batch, check_f, finite_rows, mean_rows, row_norms
 from ._pairwise import mix_rows
 from .base import PREAGGREGATORS, AggregationContext, PreAggregator
-from ..registry import ConfigError
 
 __all__ = ["bucketing", "static_clip", "arc", "arc_clipped_count", "Bucketing", "Clipping", "ARC"]
 

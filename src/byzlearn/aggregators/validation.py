@@ -22,9 +22,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from ..registry import ConfigError
 from ._finite import big_row_parts, check_batch, finite_rows, mean_rows
 from .base import AGGREGATORS, AggregationContext, Aggregator
-from ..registry import ConfigError
 
 __all__ = ["zeno", "zeno_scores", "Zeno"]
 

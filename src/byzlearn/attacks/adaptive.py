@@ -20,7 +20,7 @@ to one seed drawn from ``ctx.generator`` before every probe); the server's ``lr`
 # annotation objects of the constructors.
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
 from torch import Tensor
@@ -120,8 +120,8 @@ class _OptimalAttack(Attack):
     def _vector(self, stats: Any, tau: float) -> Tensor:
         raise NotImplementedError
 
-    def damage_function(self, ctx: AttackContext) -> Callable[[float], float]:
-        """``tau -> ||F(honest; f copies of attack(tau)) - mu||_2`` for this round."""
+    def damage_function(self, ctx: AttackContext, stats: Any = None) -> Callable[[float], float]:
+        """``tau -> ||F(honest; f copies of attack(tau)) - mu||_2`` for this round (``stats``: ``_prepare(ctx.honest)``)."""
         if ctx.aggregator is None or not hasattr(ctx.aggregator, "evaluate"):
             raise ValueError(
                 f"attack {self.name!r} optimises against the defender's rule and needs ctx.aggregator "
@@ -130,7 +130,7 @@ class _OptimalAttack(Attack):
         mu = honest_mean(ctx)
         honest = ctx.honest
         h, f = honest.shape[0], ctx.f
-        stats = self._prepare(honest)
+        stats = self._prepare(honest) if stats is None else stats
         # one buffer for all probes: the honest rows stay, the f Byzantine rows are overwritten
         G = torch.empty((h + f, honest.shape[1]), dtype=honest.dtype, device=honest.device)
         G[:h] = honest
@@ -153,10 +153,11 @@ class _OptimalAttack(Attack):
         honest_mean(ctx)  # clear error when there is no honest row
         if ctx.f == 0:
             return ctx.honest[:0]
-        damage = self.damage_function(ctx)
+        stats = self._prepare(ctx.honest)  # once per round: the probes and the final vector share it
+        damage = self.damage_function(ctx, stats)
         tau, value = line_maximize(damage, self.evals, self.start, self.delta, self.ratio)
         self.last_strength, self.last_damage = tau, value
-        return rows_of(self._vector(self._prepare(ctx.honest), tau), ctx.f)
+        return rows_of(self._vector(stats, tau), ctx.f)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(evals={self.evals}, start={self.start}, delta={self.delta}, ratio={self.ratio})"
@@ -168,17 +169,25 @@ class OptimalALIEAttack(_OptimalAttack):
 
     All send ``mu - z * sigma`` (as ``alie``) with ``z >= 0`` maximising ``||F(G(z)) - mu||``, found by
     ``line_maximize`` (defaults as ByzFL's optimal attacks: start 0, delta 10, ratio 0.8, 20
-    evaluations). The chosen ``z`` is kept in ``last_strength``.
+    evaluations). ``direction = "plus"`` sends ``mu + z * sigma``, ByzFL's ``Optimal_ALittleIsEnough``.
+    The chosen ``z`` is kept in ``last_strength``.
     """
 
     name = "alie_optimal"
+
+    def __init__(self, evals: int = 20, start: float = 0.0, delta: float = 10.0, ratio: float = 0.8,
+                 direction: Literal["minus", "plus"] = "minus"):
+        super().__init__(evals, start, delta, ratio)
+        if direction not in ("minus", "plus"):
+            raise ConfigError(f"attack.direction must be 'minus' (mu - z sigma, Baruch et al.) or 'plus' (ByzFL), got {direction!r}")
+        self.direction = direction
 
     def _prepare(self, honest: Tensor) -> Any:
         return honest.mean(dim=0), coordinate_std(honest)
 
     def _vector(self, stats: Any, tau: float) -> Tensor:
         mu, sigma = stats
-        return mu - tau * sigma
+        return mu + tau * sigma if self.direction == "plus" else mu - tau * sigma
 
 
 @ATTACKS.register("ipm_optimal")

@@ -16,7 +16,6 @@ from torch import Tensor
 from ..registry import ConfigError
 from .base import ATTACKS, Attack, AttackContext
 
-
 # -- helpers shared by the attack modules ---------------------------------------------------------
 
 

@@ -18,7 +18,6 @@ from ..registry import ConfigError
 from .base import ATTACKS, Attack, AttackContext
 from .gradient import honest_mean, randn, rows_of
 
-
 # -- functional core ------------------------------------------------------------------------------
 
 

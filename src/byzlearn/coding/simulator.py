@@ -20,8 +20,8 @@ One round (``DracoSimulator.step``):
    workers' own honest messages as ``ctx.own``; a dropped message is an erasure;
 5. decoding gives the exact sum of the partition gradients (or status ``detected``); the server
    optimiser applies the mean (sum / n); with ``workers.momentum`` the momentum recursion is applied to
-   that decoded mean (equal, by linearity, to the mean of the honest momenta of a fault-free run). When decoding cannot be trusted the round is skipped
-   (``fallback = "skip"``) or the workers' own single-partition gradients (forged for the Byzantine
+   that decoded mean (equal, by linearity, to the mean of the honest momenta of a fault-free run). When decoding
+   cannot be trusted the round is skipped (``fallback = "skip"``) or the workers' own single-partition gradients (forged for the Byzantine
    ones) are aggregated with the fallback rule (e.g. ``"geometric_median"``): one extra message per
    worker, no extra gradient work.
 

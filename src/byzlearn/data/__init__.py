@@ -7,8 +7,8 @@
 
 from __future__ import annotations
 
-from . import cifar, digits, idx, synthetic  # noqa: F401 - register the loaders
 from ..registry import ConfigError
+from . import cifar, digits, idx, synthetic  # noqa: F401 - register the loaders
 from .base import DATASETS, Dataset, class_subset, standardise
 from .locate import ENV_VAR, DataFormatError, DataNotFoundError, data_root
 from .partition import PARTITION_SCHEMES, extreme_split, gamma_similarity_split, pad_shards, partition, split_public

@@ -25,7 +25,10 @@ RECORD = 1 + 3 * 32 * 32
 
 def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """One batch file of any number of records: ``uint8 [N, 3, 32, 32]`` images and ``int64 [N]`` labels."""
-    data = np.fromfile(path, dtype=np.uint8)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        raise locate.DataFormatError(f"{path}: cannot read ({type(e).__name__}: {e}); delete it to re-download") from e
     if data.size == 0 or data.size % RECORD:
         raise locate.DataFormatError(
             f"{path}: {data.size} bytes is not a positive multiple of the {RECORD}-byte CIFAR-10 record "
@@ -40,13 +43,13 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def extract(archive: Path, dest: Path) -> None:
     """Extract the six batch files of ``archive`` (by base name only: no path from the archive is trusted)."""
-    dest.mkdir(parents=True, exist_ok=True)
     try:
         with tarfile.open(archive, "r:gz") as tar:
             members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile() and Path(m.name).name in FILES}
             missing = [n for n in FILES if n not in members]
             if missing:
                 raise locate.DataFormatError(f"{archive}: archive lacks {', '.join(missing)}")
+            dest.mkdir(parents=True, exist_ok=True)  # only for an archive that holds the batches
             for name, member in members.items():
                 tmp = dest / f".{name}.part"
                 with tar.extractfile(member) as src, open(tmp, "wb") as out:  # type: ignore[union-attr]

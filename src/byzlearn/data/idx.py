@@ -86,6 +86,9 @@ def load_idx(title: str, paths: dict[str, Path]) -> Dataset:
         x, y = arrays[f"{part}-images-idx3-ubyte"], arrays[f"{part}-labels-idx1-ubyte"]
         if x.shape[0] != y.shape[0]:
             raise locate.DataFormatError(f"{title}: {part} has {x.shape[0]} images but {y.shape[0]} labels")
+        if x.size == 0:
+            raise locate.DataFormatError(f"{title}: {paths[f'{part}-images-idx3-ubyte']} holds no pixels (images of shape "
+                                         f"{tuple(x.shape)}); the file is truncated or not {title}: delete it to re-download")
         if y.size and y.max() >= 10:
             raise locate.DataFormatError(f"{title}: {part} labels must be in [0, 10), got {int(y.max())}")
         split[part] = (torch.from_numpy(x).unsqueeze(1), torch.from_numpy(y.astype(np.int64)))

@@ -93,7 +93,7 @@ def fetch(urls: Sequence[str], dest: Path, verify: Callable[[Path], bool]) -> No
     Each attempt writes a temporary file in ``dest``'s folder that is renamed only once verified.
     Raises ``OSError`` listing every failed attempt.
     """
-    created = not dest.parent.exists()
+    created = [p for p in dest.parents if not p.exists()]  # folders to remove again if every attempt fails
     dest.parent.mkdir(parents=True, exist_ok=True)
     errors = []
     for url in urls:
@@ -114,8 +114,9 @@ def fetch(urls: Sequence[str], dest: Path, verify: Callable[[Path], bool]) -> No
             errors.append(f"{url}: {type(e).__name__}: {e}")
         finally:
             tmp.unlink(missing_ok=True)
-    if created and not any(dest.parent.iterdir()):
-        dest.parent.rmdir()
+    for p in created:
+        if p.is_dir() and not any(p.iterdir()):
+            p.rmdir()
     raise OSError("; ".join(errors))
 
 

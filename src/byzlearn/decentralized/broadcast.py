@@ -100,7 +100,7 @@ def bracha(
         raise ConfigError(f"bracha: byzantine must be a bool mask of {n} nodes with at most f={f} set")
     if relay not in ("split", "silent"):
         raise ConfigError(f"bracha: relay must be 'split' or 'silent', got {relay!r}")
-    I = init.shape[0]
+    I = init.shape[0]  # noqa: E741 - the docstring's I instances
     if init.shape != (I, n) or senders.shape != (I,):
         raise ConfigError(f"bracha: init must be [I, n] and senders [I], got {tuple(init.shape)} and {tuple(senders.shape)}")
     honest = ~byzantine

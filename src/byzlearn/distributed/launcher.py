@@ -37,9 +37,9 @@ from ..registry import ConfigError
 from .group import bind_listener
 from .runtime import check_mode, default_out
 
-PRELOAD = ["torch", "torch._dynamo", "torch.distributed", "torch.func", "torch.optim", "numpy", "sklearn.datasets", "sklearn.model_selection", "byzlearn.cli",
-           "byzlearn.engine", "byzlearn.experiments.runner", "byzlearn.experiments.plots", "byzlearn.distributed.runtime",
-           "byzlearn.distributed.server", "byzlearn.distributed.worker", "byzlearn.distributed.peers"]
+PRELOAD = ["torch", "torch._dynamo", "torch.distributed", "torch.func", "torch.optim", "numpy", "sklearn.datasets",
+           "sklearn.model_selection", "byzlearn.cli", "byzlearn.engine", "byzlearn.experiments.runner", "byzlearn.experiments.plots",
+           "byzlearn.distributed.runtime", "byzlearn.distributed.server", "byzlearn.distributed.worker", "byzlearn.distributed.peers"]
 _CTX: Any = None
 
 

@@ -25,12 +25,12 @@ from torch import Tensor
 from ..config import Config
 from ..data import Dataset
 from ..engine import make_simulator
+from ..engine.round import RoundDraw
 from . import frames, group
 from .collusion import Collusion
 from .faults import Fault
 from .frames import Frame, Kind, Malformed
 from .group import World
-from ..engine.round import RoundDraw
 from .protocol import TAG_GRAD, TAG_PARAMS, TAG_STATE, MessageSpec
 from .transport import Closed, Inbox, Links
 

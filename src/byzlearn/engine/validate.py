@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any, Callable
 
 import torch
 
@@ -11,7 +12,7 @@ from ..attacks import ATTACKS
 from ..config import Config
 from ..data import DATASETS
 from ..models import MODELS
-from ..optim import OPTIMIZERS
+from ..optim import check_optimizer
 from ..registry import ConfigError, check_params
 from .work import client_count
 
@@ -31,16 +32,44 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def _positive(value: int, key: str, minimum: int = 1) -> None:
+MAX_COUNT = 10**6  # workers and batch sizes: beyond any run here, and a typo cannot exhaust the memory
+MAX_INDICES = 2**27  # minibatch indices per round (workers x batch x FedAvg local steps)
+MAX_THREADS = 1024
+MAX_SEED = 2**40  # train.seed * 1000 + stream must stay a valid generator seed
+
+
+def _positive(value: int, key: str, minimum: int = 1, maximum: int | None = None) -> None:
     if value < minimum:
         raise ConfigError(f"{key} = {value} must be >= {minimum}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{key} = {value} is too large: at most {maximum}")
+
+
+def _check_pre(pre: Any) -> None:
+    """``aggregator.pre``: a list of names or tables with a name (the pre-aggregators' own keys are checked when built)."""
+    if pre is None:
+        return
+    if not isinstance(pre, list):
+        raise ConfigError(f"aggregator.pre = {pre!r} must be a list of pre-aggregators, e.g. [\"nnm\"] or "
+                          "[{name = \"bucketing\", s = 2}]")
+    for i, spec in enumerate(pre):
+        name = spec.get("name") if isinstance(spec, dict) else spec
+        if not isinstance(name, str):
+            raise ConfigError(f"aggregator.pre[{i}] = {spec!r} must be a name or a table with a name, e.g. \"nnm\" or "
+                              "{name = \"bucketing\", s = 2}")
 
 
 def validate(cfg: Config) -> None:
     """Raise ``ConfigError`` naming the key for any impossible setting."""
     w, t, d = cfg.workers, cfg.train, cfg.data
-    _positive(w.n, "workers.n")
-    _positive(w.batch_size, "workers.batch_size")
+    _positive(w.n, "workers.n", maximum=MAX_COUNT)
+    _positive(w.batch_size, "workers.batch_size", maximum=MAX_COUNT)
+    steps = cfg.fedavg.local_steps if t.algorithm == "fedavg" else 1
+    if w.n * w.batch_size * max(steps, 1) > MAX_INDICES:
+        raise ConfigError(f"workers.n x workers.batch_size{' x fedavg.local_steps' if steps > 1 else ''} = "
+                          f"{w.n * w.batch_size * steps} minibatch samples per round is more than {MAX_INDICES}; use fewer")
+    if not 0 <= t.seed < MAX_SEED:
+        raise ConfigError(f"train.seed = {t.seed} must be an integer in [0, 2^40)")
     if not 0 <= w.byzantine < w.n:
         raise ConfigError(
             f"workers.byzantine = {w.byzantine} is impossible with workers.n = {w.n}: it must be in [0, {w.n - 1}] "
@@ -50,11 +79,12 @@ def validate(cfg: Config) -> None:
     _positive(t.eval_every, "train.eval_every")
     _positive(t.checkpoint_every, "train.checkpoint_every")
     _positive(t.eval_batch_size, "train.eval_batch_size")
-    _positive(t.threads, "train.threads", 0)
+    _positive(t.threads, "train.threads", 0, MAX_THREADS)
     _positive(d.public_size, "data.public_size", 0)
-    _positive(d.public_batch, "data.public_batch")
-    if d.alpha <= 0:
-        raise ConfigError(f"data.alpha = {d.alpha} must be > 0 (Dirichlet concentration)")
+    _positive(d.public_batch, "data.public_batch", maximum=MAX_COUNT)
+    _positive(d.labels_per_worker, "data.labels_per_worker")
+    if not (math.isfinite(d.alpha) and d.alpha > 0):
+        raise ConfigError(f"data.alpha = {d.alpha} must be a finite number > 0 (Dirichlet concentration)")
     if d.name not in DATASETS:
         raise ConfigError(f"unknown data.name {d.name!r}; known: {', '.join(DATASETS.names())}")
     if cfg.model.name not in MODELS:
@@ -69,13 +99,27 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"distributed.{key} = {getattr(dc, key)} must be > 0 (seconds)")
     _positive(dc.grad_rounds, "distributed.grad_rounds", 0)
     _positive(dc.model_rounds, "distributed.model_rounds", 0)
-    check_params(ATTACKS, cfg.attack["name"], {k: v for k, v in cfg.attack.items() if k != "name"}, "attack")
-    check_params(OPTIMIZERS, cfg.optimizer["name"], {k: v for k, v in cfg.optimizer.items() if k != "name"}, "optimizer", skip=("params",))
+    attack = {k: v for k, v in cfg.attack.items() if k != "name"}
+    check_params(ATTACKS, cfg.attack["name"], attack, "attack")
+    _built(lambda: ATTACKS.build(cfg.attack["name"], attack, "attack"), f"attack {cfg.attack['name']!r}", "attack")
+    check_optimizer(cfg.optimizer)
     _check_protocol(cfg)
-    agg = build_aggregator(cfg.aggregator, f_default=w.byzantine)
+    _check_pre(cfg.aggregator.get("pre"))
+    agg = _built(lambda: build_aggregator(cfg.aggregator, f_default=w.byzantine), f"aggregator {cfg.aggregator['name']!r}",
+                 "aggregator")
     agg.check(client_count(cfg) if t.algorithm == "fedavg" else w.n)
     if getattr(agg, "rule", agg).needs_public_batch and d.public_size == 0:
         raise ConfigError(f"aggregator {agg.name!r} scores the workers on the server's public batch: set data.public_size > 0 (e.g. 1000)")
+
+
+def _built(build: Callable[[], Any], what: str, section: str) -> Any:
+    """``build()``, its ``ValueError``/``TypeError`` (a value its constructor refuses) as a ``ConfigError``."""
+    try:
+        return build()
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, OverflowError) as e:
+        raise ConfigError(f"{what}: {e}; fix the {section}.* keys (byzlearn list shows them)") from e
 
 
 def _check_protocol(cfg: Config) -> None:

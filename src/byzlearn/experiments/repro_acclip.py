@@ -255,7 +255,8 @@ def _report(rows: list[dict[str, Any]], out: Path, noise_set: list, rules: list[
     run_time = sum(r["wall_time_s"] for r in rows)
     text = TEMPLATE.format(
         table1="\n".join(t1), table2="\n".join(t2), command=cmd, machine=machine(), wall=wall / 60, runs=len(rows),
-        comparison=_comparison(rows, labels), attack_noise=ATTACK_NOISE, run_time=run_time / 60, rounds=rows[0]["setting"]["rounds"], quick="\n**QUICK RUN (smoke check, not the committed study).**\n" if quick else "",
+        comparison=_comparison(rows, labels), attack_noise=ATTACK_NOISE, run_time=run_time / 60, rounds=rows[0]["setting"]["rounds"],
+        quick="\n**QUICK RUN (smoke check, not the committed study).**\n" if quick else "",
     )
     (out / "results.md").write_text(text)
 

@@ -224,12 +224,15 @@ def _figures(rows: list[dict[str, Any]], tails: list[dict[str, Any]], out: Path)
 def _report(rows: list[dict[str, Any]], tails: list[dict[str, Any]], out: Path, wall: float, t_tail: float,
             quick: bool, data_dir: str | None) -> None:
     cmd = "byzlearn reproduce acclip-attention" + (f" --data-dir {data_dir}" if data_dir else "") + (" --quick" if quick else "")
-    t1 = ["| model / data | stage (test acc.) | batch | Hill index (top 5%) | same-cov. Gaussian Hill | p99/median | Gaussian p99/median | max/median | Gaussian max/median |",
+    t1 = ["| model / data | stage (test acc.) | batch | Hill index (top 5%) | same-cov. Gaussian Hill | p99/median | Gaussian p99/median "
+          "| max/median | Gaussian max/median |",
           "|---|---|---|---|---|---|---|---|---|"]
     for t in tails:
-        t1.append(f"| {t['model']} / {t['data']} (d = {t['d']}) | {t['stage']} ({100 * t['test_accuracy']:.1f}%) | {t['batch']} | {t['hill']:.1f} | "
-                  f"{t['gauss_hill']:.1f} | {t['p99_over_median']:.2f} | {t['gauss_p99_over_median']:.2f} | {t['max_over_median']:.2f} | {t['gauss_max_over_median']:.2f} |")
-    t2 = ["| method | lr grid | picked lr | final train loss (seed 0 / 1) | final test acc. % (seed 0 / 1, mean) | best test acc. % (mean) |",
+        t1.append(f"| {t['model']} / {t['data']} (d = {t['d']}) | {t['stage']} ({100 * t['test_accuracy']:.1f}%) | {t['batch']} | "
+                  f"{t['hill']:.1f} | {t['gauss_hill']:.1f} | {t['p99_over_median']:.2f} | {t['gauss_p99_over_median']:.2f} | "
+                  f"{t['max_over_median']:.2f} | {t['gauss_max_over_median']:.2f} |")
+    t2 = ["| method | lr grid | picked lr | final train loss (seed 0 / 1) | final test acc. % (seed 0 / 1, mean) "
+          "| best test acc. % (mean) |",
           "|---|---|---|---|---|---|"]
     for m, (_, lrs) in METHODS.items():
         sel = sorted(_picked(rows, m), key=lambda r: r["setting"]["seed"])
@@ -242,7 +245,8 @@ def _report(rows: list[dict[str, Any]], tails: list[dict[str, Any]], out: Path, 
     for r in rows:
         if r["setting"]["seed"] == 0:
             fl = f"{r['final_train_loss']:.3f}" if r["final_train_loss"] is not None else "nan"
-            t3.append(f"| {r['method']} | {r['setting']['lr']:g}{' (picked)' if r.get('picked_lr') else ''} | {fl} | {100 * r['final_test_accuracy']:.1f} |")
+            t3.append(f"| {r['method']} | {r['setting']['lr']:g}{' (picked)' if r.get('picked_lr') else ''} | {fl} | "
+                      f"{100 * r['final_test_accuracy']:.1f} |")
     text = TEMPLATE.format(
         quick="\n**QUICK RUN (smoke check, not the committed study).**\n" if quick else "", command=cmd, machine=machine(),
         wall=wall / 60, tail_time=t_tail / 60, runs=len(rows), run_time=sum(r["wall_time_s"] for r in rows) / 60,

@@ -145,7 +145,8 @@ def _write_md(rows: list[dict[str, Any]], out: Path, wall: float, quick: bool, d
     lines = [
         "# DRACO, Table 1: time to 88% test accuracy (MNIST, fully connected network, 45 workers)",
         "",
-        "Command: `byzlearn reproduce draco-table1" + (f" --data-dir {data_dir}" if data_dir else "") + "`" + (" --quick (reduced, not for commit)" if quick else ""),
+        "Command: `byzlearn reproduce draco-table1" + (f" --data-dir {data_dir}" if data_dir else "") + "`"
+        + (" --quick (reduced, not for commit)" if quick else ""),
         f"Machine: {machine()}. Total wall time of the reproduction: {wall:.0f} s.",
         "",
         "Setup: MNIST, `mlp20` (784-20-10, sigmoid), 45 workers, plain SGD lr 0.5, batch 8 per worker (global batch",
@@ -154,7 +155,8 @@ def _write_md(rows: list[dict[str, Any]], out: Path, wall: float, quick: bool, d
         "worker's r partition gradients really computed); geometric median (Weiszfeld, f = s) on the 45 gradients.",
         "Evaluation on the 10,000 test images every 10 rounds (DRACO) / 50 rounds (geometric median); times exclude it.",
         "",
-        "| method | s | rounds to 88% | one-process time to 88% (s) | critical-path estimate to 88% (s) | per-round: one process / worker / server (ms) | final / best acc. | paper time (s) |",
+        "| method | s | rounds to 88% | one-process time to 88% (s) | critical-path estimate to 88% (s) "
+        "| per-round: one process / worker / server (ms) | final / best acc. | paper time (s) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for s in (1, 3, 5):

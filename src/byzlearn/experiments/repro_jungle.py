@@ -120,14 +120,16 @@ def jungle(out: Path, quick: bool, data_dir: str | None) -> None:
         "messages: all Byzantine ones, and the honest ones on its own side of the honest cloud). "
         "Accuracy = the worst honest peer's test accuracy; diameter = the honest parameters' Delta_2.",
         "",
-        "| method | n | f | attack | final worst acc | best worst acc | final mean acc | final param diameter | messages | MB sent | wall s |",
+        "| method | n | f | attack | final worst acc | best worst acc | final mean acc | final param diameter | messages "
+        "| MB sent | wall s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         s = r["setting"]
         lines.append(
-            f"| {r['method']} | {s['n']} | {s['byzantine']} | {s['attack']} | {r['final_test_accuracy']:.3f} | {r['best_test_accuracy']:.3f} | "
-            f"{r['final_mean_test_accuracy']:.3f} | {r['final_param_diameter']:.2e} | {r['messages']:,} | {r['bytes'] / 1e6:,.0f} | {r['wall_time_s']:.0f} |"
+            f"| {r['method']} | {s['n']} | {s['byzantine']} | {s['attack']} | {r['final_test_accuracy']:.3f} | "
+            f"{r['best_test_accuracy']:.3f} | {r['final_mean_test_accuracy']:.3f} | {r['final_param_diameter']:.2e} | "
+            f"{r['messages']:,} | {r['bytes'] / 1e6:,.0f} | {r['wall_time_s']:.0f} |"
         )
     lines += [""] + [f"![n={n}, f={f}](accuracy_n{n}_f{f}.png)\n" for n, f in groups] + [COMPARISON]
     (out / "results.md").write_text("\n".join(lines) + "\n")

@@ -79,7 +79,8 @@ def fig6(out: Path, quick: bool, data_dir: str | None) -> None:
     write_json(rows, out)
     for count in COUNTS:
         sub = [r for r in rows if r["setting"]["byzantine"] == count and r["setting"]["attack"] != "learned_whitebox"]
-        l2a.plot_curves(sub, out / f"fig6_byz{count}.png", f"{count} of 10 Byzantine workers" + (": one column per attack" if count else ""),
+        l2a.plot_curves(sub, out / f"fig6_byz{count}.png",
+                        f"{count} of 10 Byzantine workers" + (": one column per attack" if count else ""),
                         panel=(lambda r: r["setting"]["attack"]) if count else None)
     wall = time.perf_counter() - t0
     _report(rows, out, settings, aggs, wall, t_train, quick, rounds, wb_rounds)

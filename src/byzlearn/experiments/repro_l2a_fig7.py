@@ -132,7 +132,8 @@ def _write_md(rows: list[dict[str, Any]], out: Path, aggs: dict[str, Path], wall
         f"- {data}; 4 systems of {SYSTEM_WORKERS} workers, each system's training set split into {SYSTEM_WORKERS} equal iid shards; "
         f"{PICKED} workers drawn at random, once, from each system (seed 0 draws: {chosen}); 12 gradients per round, ordered by "
         "system (mlp20, mlp40, mlp20x2, mlp20relu), which fixes the slot of each worker in the fixed-order RNN's input.",
-        f"- Global model: MLP {inputs}-20-10 sigmoid (d = {inputs * 20 + 20 + 200 + 10:,}), server SGD lr {l2a.SERVER_LR}, batch {l2a.BATCH} per "
+        f"- Global model: MLP {inputs}-20-10 sigmoid (d = {inputs * 20 + 20 + 200 + 10:,}), server SGD lr {l2a.SERVER_LR}, "
+        f"batch {l2a.BATCH} per "
         f"worker, {rounds} rounds, no Byzantine worker, test accuracy of the global model on the whole test set, mean of "
         f"seeds {seeds}. Reference: the homogeneous MLP-20 system with its 10 workers under `mean` (plain simulator, same "
         "lr, batch and initialisation of the global model).",
@@ -161,8 +162,9 @@ def _write_md(rows: list[dict[str, Any]], out: Path, aggs: dict[str, Path], wall
          if "rnn_lstm_m12" in better else
          "The paper's claim does NOT hold in this reproduction under our reading: its RNN aggregator (`rnn_lstm_m12`) "
          "does not end more than half a point above averaging the same heterogeneous gradients.")
-        + (" Our `set_rnn_lstm`, trained for 10 workers and applied to 12, " + ("ends above averaging (by more than half a point)." if "set_rnn_lstm" in better
-           else "does not end above averaging (by more than half a point)."))
+        + (" Our `set_rnn_lstm`, trained for 10 workers and applied to 12, "
+           + ("ends above averaging (by more than half a point)." if "set_rnn_lstm" in better
+              else "does not end above averaging (by more than half a point)."))
         + " We have no numbers from the paper's figure, so the comparison is qualitative; part of a learned aggregator's "
         "lead can be a learned effective step size, as in Fig. 4. The embedding of the local models is our reading, not "
         "the paper's stated method: another mapping of differently shaped gradients could change the outcome."

@@ -13,8 +13,8 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import platform
 import pkgutil
+import platform
 from pathlib import Path
 from typing import Any, Callable
 

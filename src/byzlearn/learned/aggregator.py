@@ -13,13 +13,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from ..aggregators._finite import all_finite, pow2_scale
 from ..aggregators.base import AGGREGATORS, AggregationContext, Aggregator
 from ..registry import ConfigError
+from .card import check_card, check_weights, read_card
 from .network import CoordinatewiseRNN, State
-from .preprocess import clip_rows, loss_features, normalise, public_grad_norm, screen_rows, trial_points
+from .preprocess import MAX_RATIO, bound_rows, clip_rows, loss_features, normalise, public_grad_norm, screen_rows, trial_points
 
 WEIGHTS, CARD = "aggregator.safetensors", "card.json"
 FORMAT = "byzlearn-learned-aggregator/1"
@@ -44,17 +47,25 @@ def load_aggregator(path: str | Path) -> tuple[CoordinatewiseRNN, dict[str, Any]
             f"aggregator.path = {str(path)!r} holds no trained aggregator (missing {', '.join(missing)}); "
             "train one with: byzlearn meta-train CONFIG --out DIR"
         )
-    card = json.loads((path / CARD).read_text())
+    card = read_card(path)
     if card.get("format") != FORMAT:
         raise ConfigError(f"{str(path / CARD)!r} is not a byzlearn learned-aggregator card (format {card.get('format')!r})")
+    check_card(card, repr(str(path / CARD)))
     net = CoordinatewiseRNN(**card["network"])
-    net.load_state_dict(load_file(str(path / WEIGHTS)))
+    try:
+        weights = load_file(str(path / WEIGHTS))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ConfigError(f"{str(path / WEIGHTS)!r} is not a readable safetensors file ({e}); restore it or train again "
+                          "with byzlearn meta-train") from None
+    check_weights(net, weights, repr(str(path / WEIGHTS)))
+    net.load_state_dict(weights)
     net.eval()
     return net, card
 
 
 def learned_update(net: CoordinatewiseRNN, G: Tensor, state: State, card: dict[str, Any],
-                   losses: Tensor | None = None, ref_norm: float | None = None) -> tuple[Tensor, State]:
+                   losses: Tensor | None = None, ref_norm: float | None = None,
+                   max_ratio: float = MAX_RATIO) -> tuple[Tensor, State]:
     """The aggregated vector ``A * o`` (``Tensor[d]``) for ``G: Tensor[n, d]``, and the new state.
 
     Differentiable in the network's weights (meta-training calls it with autograd on). ``losses``
@@ -62,19 +73,32 @@ def learned_update(net: CoordinatewiseRNN, G: Tensor, state: State, card: dict[s
     fewer than M rows (dropped messages) are padded with zero rows, as a lost message counts as a
     zero gradient (paper, footnote 1). A card with ``input_clip`` (ours) first clips every row to
     ``ref_norm``, the norm of the server's public-batch gradient (``reference_norm``).
+
+    Hostile values (ours): rows longer than ``max_ratio`` times the median row norm are shortened to
+    that length (``bound_rows``; ``inf``: off), per-coordinate norms that overflow the dtype are
+    taken in float64, float16/bfloat16 batches are read in float32, and the result is finite and
+    in ``G``'s dtype (an aggregate beyond the dtype's range is scaled down to fit it).
     """
+    dtype = G.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        G = G.float()
     if card.get("input_clip"):
         if ref_norm is None:
             raise ValueError("this aggregator clips the workers' vectors to the public gradient's norm: pass ref_norm")
         G = clip_rows(screen_rows(G), ref_norm)
+    G = bound_rows(G, max_ratio)
     M = net.workers
     if net.encoder == "concat" and G.shape[0] < M:
         G = torch.cat([G, G.new_zeros(M - G.shape[0], G.shape[1])], dim=0)
         if losses is not None:
             losses = torch.cat([losses, losses[:1].expand(M + 1 - losses.shape[0])])
     X, A = normalise(G, card["p"], card["preprocess"])
-    dtype = next(net.parameters()).dtype
-    lf = loss_features(losses, card["loss_scale"]).to(dtype) if net.loss_info else None
+    s = 1.0
+    if not all_finite(A):  # a coordinate's norm over the workers overflows: normalise s * G in float64 (s = 2^-k)
+        s = pow2_scale(float(G.detach().abs().max()))
+        X, A = normalise(G.double() * s, card["p"], card["preprocess"])
+    net_dtype = next(net.parameters()).dtype
+    lf = loss_features(losses, card["loss_scale"]).to(net_dtype) if net.loss_info else None
     k = net.recurrent_tensors
     extra: State = []
     if net.loss_memory:  # the running mean of each worker's loss feature rides at the end of the state
@@ -82,8 +106,14 @@ def learned_update(net: CoordinatewiseRNN, G: Tensor, state: State, card: dict[s
         old = state[k] if len(state) > k and state[k].shape == lf.shape else torch.zeros_like(lf)
         memory = net.memory_decay * old + (1 - net.memory_decay) * lf
         lf, extra = torch.stack([lf, memory], dim=1), [memory]
-    o, rnn_state = net(X.to(dtype), lf, state[:k])
-    return A * o.to(A.dtype), rnn_state + extra
+    o, rnn_state = net(X.to(net_dtype), lf, state[:k])
+    u = A * o.to(A.dtype)
+    if s != 1.0 or u.dtype != dtype or not all_finite(u.detach()):
+        u = A.double() * o.double()  # the aggregate of s * G
+        top = float(u.detach().abs().max()) if u.numel() else 0.0
+        limit = float(torch.finfo(dtype).max) * s  # beyond the dtype's range once divided by s: scaled to fit
+        u = ((u * (limit / top) if top > limit else u) / s).to(dtype)
+    return u, rnn_state + extra
 
 
 def reference_norm(card: dict[str, Any], public_loss: Callable[[Tensor], Tensor], theta: Tensor) -> float | None:
@@ -113,10 +143,16 @@ class LearnedAggregator(Aggregator):
 
     ``input_clip`` (ours, ARNN only): bound every worker's vector by the norm of the server's public-batch
     gradient before the network reads it; ``None`` keeps the card's setting (how it was meta-trained).
+    ``max_ratio`` (ours): rows longer than this multiple of the median row norm are shortened to it
+    (``preprocess.bound_rows``; ``inf`` turns it off), so the aggregate stops following a forged row's scale.
     """
 
-    def __init__(self, path: str, f: int = 0, probe_lr: float | None = None, input_clip: bool | None = None):
+    def __init__(self, path: str, f: int = 0, probe_lr: float | None = None, input_clip: bool | None = None,
+                 max_ratio: float = MAX_RATIO):
         super().__init__(f)
+        if isinstance(max_ratio, bool) or not isinstance(max_ratio, (int, float)) or not max_ratio > 0:
+            raise ConfigError(f"aggregator.max_ratio must be a positive number (inf: no bound), got {max_ratio!r}")
+        self.max_ratio = float(max_ratio)
         self.path = path
         self.net, self.card = load_aggregator(path)
         self.name = self.card.get("method", "learned")
@@ -153,7 +189,7 @@ class LearnedAggregator(Aggregator):
         if self.state is None or self.state[0].shape[0] != G.shape[1]:
             self.state = net.initial_state(G.shape[1], G.device, dtype)
         losses, ref = self.public_losses(G, ctx)
-        u, self.state = learned_update(net, G, self.state, self.card, losses, ref)
+        u, self.state = learned_update(net, G, self.state, self.card, losses, ref, self.max_ratio)
         if self.card["output"] == "step":  # the network's output is the step itself: undo the server's SGD lr
             if not ctx.lr:
                 raise ConfigError(f"{self.name} outputs the step itself; it needs the server optimiser's lr (optimizer.name = 'sgd')")

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
+from ..checkpoints import load_meta_checkpoint
 from ..config import Config, _check_fixed, apply_overrides, from_dict, read_toml
 from ..data import Dataset, load_dataset
 from ..engine.round import sgd_step
@@ -139,6 +140,21 @@ def _validate(cfg: MetaTrainConfig) -> None:
                        ("meta.trajectories", m.trajectories), ("meta.validate_every", m.validate_every)]:
         if value < 1:
             raise ConfigError(f"{key} = {value} must be >= 1")
+    a = cfg.aggregator
+    for key, value in [("aggregator.hidden", a.hidden), ("aggregator.layers", a.layers), ("aggregator.embed", a.embed)]:
+        if not 1 <= value <= 4096:
+            raise ConfigError(f"{key} = {value} must be in [1, 4096]")
+    for key, value, low in [("meta.lr", m.lr, 0.0), ("task.server_lr", t.server_lr, 0.0), ("aggregator.p", a.p, 0.0),
+                            ("aggregator.loss_scale", a.loss_scale, 0.0),
+                            ("aggregator.step_scale", a.step_scale, 0.0), ("meta.grad_clip", m.grad_clip, None),
+                            ("aggregator.probe_lr", a.probe_lr, None), ("aggregator.loss_logit_scale", a.loss_logit_scale, None)]:
+        if not math.isfinite(value) or value < 0 or (low is not None and value <= low):
+            raise ConfigError(f"{key} = {value} must be a finite number {'> 0' if low is not None else '>= 0'}")
+    if not 0.0 <= a.memory_decay <= 1.0:
+        raise ConfigError(f"aggregator.memory_decay = {a.memory_decay} must be in [0, 1]")
+    if not 0 <= m.seed < 2**24 or m.patience < 0 or not 0 <= m.threads <= 1024:
+        raise ConfigError(f"meta.seed = {m.seed} must be in [0, 2^24), meta.patience = {m.patience} >= 0 and "
+                          f"meta.threads = {m.threads} in [0, 1024]")
     if m.validate_steps < 0:
         raise ConfigError(f"meta.validate_steps = {m.validate_steps} must be >= 0 (0: task.steps)")
     if not b.counts or any(not isinstance(c, int) or not 0 <= c < t.workers for c in b.counts):
@@ -197,7 +213,8 @@ def build_network(cfg: MetaTrainConfig) -> CoordinatewiseRNN:
 def card_of(cfg: MetaTrainConfig) -> dict[str, Any]:
     a = cfg.aggregator
     return {"method": cfg.method, "preprocess": a.preprocess, "p": a.p, "output": a.output, "step_scale": a.step_scale,
-            "loss_scale": a.loss_scale, "probe": a.probe, "input_clip": a.input_clip, "probe_lr": a.probe_lr or cfg.task.server_lr, "server_lr": cfg.task.server_lr}
+            "loss_scale": a.loss_scale, "probe": a.probe, "input_clip": a.input_clip, "probe_lr": a.probe_lr or cfg.task.server_lr,
+            "server_lr": cfg.task.server_lr}
 
 
 class Trajectory:
@@ -296,6 +313,9 @@ def meta_validate(folder: str | Path, overrides: list[str] | None = None, datase
     from .aggregator import load_aggregator
 
     net, card = load_aggregator(folder)
+    if not card.get("training_config"):
+        raise ConfigError(f"{str(folder)!r}: its card has no training_config, which meta-validate replays; "
+                          "give a folder written by byzlearn meta-train")
     raw = apply_overrides(card["training_config"], overrides or [], sections=tuple(SECTIONS), open_defaults={})
     cfg = from_sections({**raw, "method": card.get("method", "")})
     if build_network(cfg).hyperparameters() != net.hyperparameters():
@@ -320,7 +340,6 @@ def meta_train(cfg: MetaTrainConfig, out: str | Path, progress: bool | None = No
     (tests): return ``None`` after that many trajectories, as if killed right after a checkpoint.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     if cfg.meta.threads > 0:
         torch.set_num_threads(cfg.meta.threads)
     torch.manual_seed(cfg.meta.seed)
@@ -335,18 +354,24 @@ def meta_train(cfg: MetaTrainConfig, out: str | Path, progress: bool | None = No
             raise ConfigError(f"meta.init = {cfg.meta.init!r} holds a network of another shape than [aggregator]: {e}") from e
     opt = torch.optim.Adam(net.parameters(), lr=cfg.meta.lr)
     if resume and (out / CHECKPOINT).exists():
-        ck = torch.load(out / CHECKPOINT, weights_only=False)
+        ck = load_meta_checkpoint(out / CHECKPOINT)
         if _without_budget(ck["config"]) != _without_budget(cfg.to_dict()):
             raise ConfigError(f"{str(out / CHECKPOINT)!r} was written by another meta-training config; use a new --out "
                               "(only meta.trajectories may change: a larger value extends a finished training)")
-        net.load_state_dict(ck["net"])
-        opt.load_state_dict(ck["opt"])
-        torch.set_rng_state(ck["rng"])
-        best, history, first, stale, meta_steps, elapsed = ck["best"], ck["history"], ck["next"], ck["stale"], ck["meta_steps"], ck["elapsed"]
+        try:
+            net.load_state_dict(ck["net"])
+            opt.load_state_dict(ck["opt"])
+            torch.set_rng_state(ck["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise ConfigError(f"{str(out / CHECKPOINT)!r} does not fit this meta-training config ({type(e).__name__}: {e}); "
+                              "restore it or start again in a new --out") from None
+        best, history, first, stale = ck["best"], ck["history"], ck["next"], ck["stale"]
+        meta_steps, elapsed = ck["meta_steps"], ck["elapsed"]
     else:
         best = {"score": validation_score(cfg, net, ds), "trajectory": 0, "weights": {k: v.clone() for k, v in net.state_dict().items()}}
         history = [{"trajectory": 0, "validation": best["score"]}]
         first, stale, meta_steps, elapsed = 1, 0, 0, 0.0
+    out.mkdir(parents=True, exist_ok=True)  # only now: a config, data or checkpoint error leaves nothing behind
     start = time.perf_counter() - elapsed
     bar = tqdm(range(first, cfg.meta.trajectories + 1), disable=None if progress is None else not progress,
                desc=f"meta-train {cfg.method}", unit="traj")

@@ -82,8 +82,9 @@ class CoordinatewiseRNN(nn.Module):
                         nn.init.zeros_(lin.bias)
 
     def hyperparameters(self) -> dict:
-        return {k: getattr(self, k) for k in ("cell", "encoder", "workers", "features", "loss_info", "hidden", "layers", "embed", "loss_memory",
-                                     "loss_logit_scale", "memory_decay")}
+        keys = ("cell", "encoder", "workers", "features", "loss_info", "hidden", "layers", "embed", "loss_memory",
+                "loss_logit_scale", "memory_decay")
+        return {k: getattr(self, k) for k in keys}
 
     @property
     def recurrent_tensors(self) -> int:

@@ -1,6 +1,6 @@
 """Server optimisers, registered by name."""
 
-from .server import OPTIMIZERS
 from .acclip import ACClip, ClippedSGD, CoordClippedSGD
+from .server import OPTIMIZERS, check_optimizer
 
-__all__ = ["OPTIMIZERS", "ACClip", "ClippedSGD", "CoordClippedSGD"]
+__all__ = ["OPTIMIZERS", "ACClip", "ClippedSGD", "CoordClippedSGD", "check_optimizer"]

@@ -47,7 +47,8 @@ def _check_positive(name: str, value: float, allow_zero: bool = True) -> None:
 
 
 class ACClip(torch.optim.Optimizer):
-    """Adaptive coordinate-wise clipping (Zhang et al., NeurIPS 2020): momentum clipped per coordinate at an online alpha-moment estimate."""
+    """Adaptive coordinate-wise clipping (Zhang et al., NeurIPS 2020): momentum clipped per coordinate at an online
+    alpha-moment estimate."""
 
     def __init__(
         self, params: Params, lr: float, betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-5,
