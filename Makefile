@@ -14,6 +14,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/simulator.py

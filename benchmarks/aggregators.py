@@ -95,10 +95,7 @@ def make_context(d: int, device: torch.device) -> AggregationContext:
         return 0.5 * ((P - target) ** 2).sum(dim=1)
 
     return AggregationContext(
-        params=torch.zeros(d, device=device),
-        lr=0.1,
-        public_loss=public_loss,
-        generator=torch.Generator().manual_seed(0),
+        params=torch.zeros(d, device=device), lr=0.1, public_loss=public_loss, generator=torch.Generator().manual_seed(0)
     )
 
 
@@ -184,7 +181,7 @@ def byzfl_candidates(n: int, f: int):
         out.append((label, make(), False))
     for label, (make, inplace) in pres.items():
         pre = make()
-        out.append((label, (lambda p: (lambda X: avg(p(X))))(pre), inplace))
+        out.append((label, (lambda p: lambda X: avg(p(X)))(pre), inplace))
     return out
 
 
@@ -255,9 +252,11 @@ def main(argv=None) -> int:
         k = (r["impl"], r["rule"])
         if k not in keys:
             keys.append(k)
-    print(f"Aggregator time as a ratio to mean (absolute ms in brackets); device {device}, float32, "
-          f"f = max(1, floor((n-3)/4)), median of {args.repeats} after a warm-up; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads.\n")
+    print(
+        f"Aggregator time as a ratio to mean (absolute ms in brackets); device {device}, float32, "
+        f"f = max(1, floor((n-3)/4)), median of {args.repeats} after a warm-up; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads.\n"
+    )
     print("| rule | " + " | ".join(f"n={n}, d={d:.0e}" for n, d in cols) + " |")
     print("|---|" + "---|" * len(cols))
     for impl, rule in keys:
@@ -274,8 +273,14 @@ def main(argv=None) -> int:
         label = rule if impl == "byzlearn" else f"byzfl: {rule}"
         print(f"| {label} | " + " | ".join(cells) + " |")
     if args.json:
-        meta = dict(device=str(device), torch=torch.__version__, threads=torch.get_num_threads(), repeats=args.repeats,
-                    cpu_count=os.cpu_count(), time=time.strftime("%Y-%m-%d %H:%M:%S"))
+        meta = dict(
+            device=str(device),
+            torch=torch.__version__,
+            threads=torch.get_num_threads(),
+            repeats=args.repeats,
+            cpu_count=os.cpu_count(),
+            time=time.strftime("%Y-%m-%d %H:%M:%S"),
+        )
         args.json.write_text(json.dumps(dict(meta=meta, results=results), indent=1))
     return 0
 

@@ -90,11 +90,7 @@ BYZFL_VERSION_EXPECTED = "0.0.11"
 # ------------------------------------------------------------------------------------------- cells
 # name -> overrides of ByzFL's default_config. Everything not named stays ByzFL's default.
 AGGREGATORS = {"trmean": "TrMean", "gm": "GeometricMedian"}
-ATTACKS = {
-    "signflip": "SignFlipping",
-    "optipm": "Optimal_InnerProductManipulation",
-    "optalie": "Optimal_ALittleIsEnough",
-}
+ATTACKS = {"signflip": "SignFlipping", "optipm": "Optimal_InnerProductManipulation", "optalie": "Optimal_ALittleIsEnough"}
 F_GAMMA = [(2, 0.66), (4, 0.33), (1, 1.0), (3, 0.0)]
 CELLS = {
     f"{a}-{k}-f{f}-g{g}": {"aggregator": AGGREGATORS[a], "attack": ATTACKS[k], "f": f, "gamma": g}
@@ -115,7 +111,7 @@ def _read_idx(path):
     ndim = magic & 0xFF
     if magic >> 8 != 0x08:  # 0x08 = unsigned byte
         raise ValueError(f"{path}: not an unsigned-byte IDX file (magic {magic:#x})")
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     return data.reshape(dims)
 
@@ -275,8 +271,7 @@ def effective_parameters(byzfl, params):
     attack_params["aggregator_info"] = copy.deepcopy(params["aggregator"])
     attack_params["pre_agg_list"] = copy.deepcopy(params["pre_aggregators"])
     attack_params["f"] = params["benchmark_config"]["f"]
-    byz = byzfl.ByzantineClient({"name": params["attack"]["name"], "f": params["benchmark_config"]["f"],
-                                 "parameters": attack_params})
+    byz = byzfl.ByzantineClient({"name": params["attack"]["name"], "f": params["benchmark_config"]["f"], "parameters": attack_params})
     attack = {"name": params["attack"]["name"], **attrs(byz.attack)}
     if hasattr(byz.attack, "agg"):
         attack["agg"] = {"name": type(byz.attack.agg).__name__, **attrs(byz.attack.agg)}
@@ -336,7 +331,7 @@ def run_one(byzfl, train, params, keep_dir=None):
     eval_steps = list(range(0, steps, delta)) + [steps]
     # the last two accuracy calls (validation, test) come after ByzFL's timer stops
     eval_in_loop = float(sum(eval_times[:-2]))
-    windows = [float(np.mean(loss[i:i + delta])) for i in range(0, steps, delta)]
+    windows = [float(np.mean(loss[i : i + delta])) for i in range(0, steps, delta)]
     best_i = int(np.argmax(test))
     return {
         "folder": folder.name,
@@ -369,8 +364,13 @@ def machine_info():
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "arch": platform.machine(),
-            "system": f"{platform.system()} {platform.release()}", "python": platform.python_version()}
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "arch": platform.machine(),
+        "system": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+    }
 
 
 def run_key(rec):
@@ -471,10 +471,13 @@ def main(argv=None):
         rec["byzfl_params"]["evaluation_and_results"]["results_directory"] = "<temporary>"
         doc["runs"].append(rec)
         save(out, doc)
-        print(f"    test final {res['final_test_accuracy']:.4f} best {res['best_test_accuracy']:.4f} "
-              f"(step {res['best_test_step']}); ByzFL train_time {res['train_time_s']:.1f}s = "
-              f"{res['steps_per_s']:.2f} steps/s ({res['train_only_steps_per_s']:.2f} without in-loop eval); "
-              f"wall {res['total_wall_s']:.1f}s", flush=True)
+        print(
+            f"    test final {res['final_test_accuracy']:.4f} best {res['best_test_accuracy']:.4f} "
+            f"(step {res['best_test_step']}); ByzFL train_time {res['train_time_s']:.1f}s = "
+            f"{res['steps_per_s']:.2f} steps/s ({res['train_only_steps_per_s']:.2f} without in-loop eval); "
+            f"wall {res['total_wall_s']:.1f}s",
+            flush=True,
+        )
     return 0
 
 

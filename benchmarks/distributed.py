@@ -44,8 +44,15 @@ def simulator_ms(overrides: list[str], rounds: int, repeats: int) -> float:
 
 
 def distributed_round(overrides: list[str], rounds: int, folder: Path) -> dict[str, float]:
-    code = launch(None, None, overrides + [f"train.eval_every={rounds}", f"train.checkpoint_every={rounds}"], str(folder),
-                  quiet=True, rank0_log=True, grace=5.0)
+    code = launch(
+        None,
+        None,
+        overrides + [f"train.eval_every={rounds}", f"train.checkpoint_every={rounds}"],
+        str(folder),
+        quiet=True,
+        rank0_log=True,
+        grace=5.0,
+    )
     if code != 0:
         raise RuntimeError((folder / "logs" / "rank0.log").read_text()[-2000:])
     s = json.loads((folder / "summary.json").read_text())
@@ -62,29 +69,53 @@ def main() -> None:
     ap.add_argument("--json", default=str(Path(__file__).with_name("results-distributed-cpu.json")))
     args = ap.parse_args()
     machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
-    print(f"machine: {machine}; MNIST mlp20 (d = 15,910), batch 32 per worker, mean rule, {args.rounds} rounds, "
-          f"median of {args.repeats}\n")
-    print("| workers | processes | simulator ms/round | distributed ms/round | distributed / simulator | server ms | "
-          "worker compute ms | communication ms | communication share |")
+    print(f"machine: {machine}; MNIST mlp20 (d = 15,910), batch 32 per worker, mean rule, {args.rounds} rounds, median of {args.repeats}\n")
+    print(
+        "| workers | processes | simulator ms/round | distributed ms/round | distributed / simulator | server ms | "
+        "worker compute ms | communication ms | communication share |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.workers:
-            overrides = ["data.name=mnist", f"data.data_dir={json.dumps(args.data_dir)}", "data.download=false",
-                         "model.name=mlp20", f"workers.n={n}", "workers.batch_size=32", f"train.rounds={args.rounds}"]
+            overrides = [
+                "data.name=mnist",
+                f"data.data_dir={json.dumps(args.data_dir)}",
+                "data.download=false",
+                "model.name=mlp20",
+                f"workers.n={n}",
+                "workers.batch_size=32",
+                f"train.rounds={args.rounds}",
+            ]
             sim = simulator_ms(overrides, args.rounds, args.repeats)
             runs = [distributed_round(overrides, args.rounds, Path(tmp) / f"n{n}-{i}") for i in range(args.repeats)]
             med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
             comm = med["round"] - med["server"] - med["worker_compute"]
-            row = {"workers": n, "processes": n + 1, "simulator_ms": sim, "distributed_ms": med["round"],
-                   "server_ms": med["server"], "worker_compute_ms": med["worker_compute"], "communication_ms": comm,
-                   "communication_share": comm / med["round"], "wait_ms": med["wait"], "missing": med["missing"],
-                   "runs": runs}
+            row = {
+                "workers": n,
+                "processes": n + 1,
+                "simulator_ms": sim,
+                "distributed_ms": med["round"],
+                "server_ms": med["server"],
+                "worker_compute_ms": med["worker_compute"],
+                "communication_ms": comm,
+                "communication_share": comm / med["round"],
+                "wait_ms": med["wait"],
+                "missing": med["missing"],
+                "runs": runs,
+            }
             rows.append(row)
-            print(f"| {n} | {n + 1} | {sim:.2f} | {med['round']:.2f} | {med['round'] / sim:.1f}x | {med['server']:.2f} | "
-                  f"{med['worker_compute']:.2f} | {comm:.2f} | {100 * comm / med['round']:.0f}% |", flush=True)
-    Path(args.json).write_text(json.dumps({"machine": machine, "date": time.strftime("%Y-%m-%d"), "rounds": args.rounds,
-                                           "repeats": args.repeats, "rows": rows}, indent=2) + "\n")
+            print(
+                f"| {n} | {n + 1} | {sim:.2f} | {med['round']:.2f} | {med['round'] / sim:.1f}x | {med['server']:.2f} | "
+                f"{med['worker_compute']:.2f} | {comm:.2f} | {100 * comm / med['round']:.0f}% |",
+                flush=True,
+            )
+    Path(args.json).write_text(
+        json.dumps(
+            {"machine": machine, "date": time.strftime("%Y-%m-%d"), "rounds": args.rounds, "repeats": args.repeats, "rows": rows}, indent=2
+        )
+        + "\n"
+    )
     print(f"\nresults: {args.json}")
 
 

@@ -15,19 +15,91 @@ from typing import Any, Callable, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 AGGREGATOR = ROOT / "docs" / "reproductions" / "l2a-aggregators" / "rnn_lstm"  # a committed trained aggregator
-AREAS = ("run --set", "run combos", "config file", "out folders", "resume", "learned folder", "data files",
-         "matrix/tune", "meta-train", "launch", "other commands")
+AREAS = (
+    "run --set",
+    "run combos",
+    "config file",
+    "out folders",
+    "resume",
+    "learned folder",
+    "data files",
+    "matrix/tune",
+    "meta-train",
+    "launch",
+    "other commands",
+)
 BIG = "1180591620717411303424"  # 2^70
 VALUES = ("nan", "inf", "-inf", "-1", "0", "0.5", "1000000000", BIG, f"-{BIG}", "true", "x", '""', "[]", "[1, [2]]", "{a = 1}")
-LONG = ("rounds", "trajectories", "steps", "validate_steps", "local_steps", "evals", "max_iter", "iters", "checkpoint_every",
-        "eval_every", "validate_every", "patience", "meta_batch", "unroll", "batch_size", "public_batch", "eval_batch_size")
+LONG = (
+    "rounds",
+    "trajectories",
+    "steps",
+    "validate_steps",
+    "local_steps",
+    "evals",
+    "max_iter",
+    "iters",
+    "checkpoint_every",
+    "eval_every",
+    "validate_every",
+    "patience",
+    "meta_batch",
+    "unroll",
+    "batch_size",
+    "public_batch",
+    "eval_batch_size",
+)
 LR_KEYS = ("optimizer.lr", "fedavg.local_lr")
-RUN = ("run", "--quiet", "--out", "out", "--set", "train.rounds=2", "--set", "train.eval_every=1", "--set", "train.threads=1",
-       "--set", "data.download=false")
-LAUNCH = ("launch", "--quiet", "--out", "out", "-n", "3", "--set", "train.rounds=2", "--set", "train.eval_every=1",
-          "--set", "train.threads=1", "--set", "data.download=false")
-META = ("meta-train", "--quiet", "--out", "out", "--set", "task.data=digits", "--set", "task.steps=2", "--set", "task.unroll=1",
-        "--set", "meta.trajectories=1", "--set", "meta.validate_every=1", "--set", "meta.threads=1", "--set", "task.public_size=100")
+RUN = (
+    "run",
+    "--quiet",
+    "--out",
+    "out",
+    "--set",
+    "train.rounds=2",
+    "--set",
+    "train.eval_every=1",
+    "--set",
+    "train.threads=1",
+    "--set",
+    "data.download=false",
+)
+LAUNCH = (
+    "launch",
+    "--quiet",
+    "--out",
+    "out",
+    "-n",
+    "3",
+    "--set",
+    "train.rounds=2",
+    "--set",
+    "train.eval_every=1",
+    "--set",
+    "train.threads=1",
+    "--set",
+    "data.download=false",
+)
+META = (
+    "meta-train",
+    "--quiet",
+    "--out",
+    "out",
+    "--set",
+    "task.data=digits",
+    "--set",
+    "task.steps=2",
+    "--set",
+    "task.unroll=1",
+    "--set",
+    "meta.trajectories=1",
+    "--set",
+    "meta.validate_every=1",
+    "--set",
+    "meta.threads=1",
+    "--set",
+    "task.public_size=100",
+)
 Setup = Callable[[Path], None]
 
 
@@ -61,6 +133,7 @@ def write(rel: str, data: bytes | str) -> Setup:
         p = root / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(data.encode() if isinstance(data, str) else data)
+
     return setup
 
 
@@ -68,6 +141,7 @@ def both(*setups: Setup) -> Setup:
     def setup(root: Path) -> None:
         for s in setups:
             s(root)
+
     return setup
 
 
@@ -77,11 +151,18 @@ def mkdir(rel: str) -> Setup:
 
 NOISE = random.Random(0).randbytes(4096)
 BAD_FILES: dict[str, bytes | str | None] = {  # None: a directory
-    "random bytes": NOISE, "NUL bytes": b"[train]\x00rounds = 2\n", "not UTF-8": "# caf\xe9\n[train]\nrounds = 2\n".encode("latin-1"),
-    "UTF-16": "[train]\nrounds = 2\n".encode("utf-16"), "a directory": None, "section not a table": "data = 5\n",
-    "nested garbage": "[data]\nname = { a = [1, { b = 2 }] }\n", "unknown section": "[nope]\nx = 1\n",
-    "huge int": "[train]\nseed = 99999999999999999999999\n", "deep nesting": "[data]\nname = " + "[" * 3000 + "]" * 3000 + "\n",
-    "pre not a list": '[aggregator]\nname = "krum"\npre = 5\n', "lr nan": "[optimizer]\nlr = nan\n",
+    "random bytes": NOISE,
+    "NUL bytes": b"[train]\x00rounds = 2\n",
+    "not UTF-8": "# caf\xe9\n[train]\nrounds = 2\n".encode("latin-1"),
+    "UTF-16": "[train]\nrounds = 2\n".encode("utf-16"),
+    "a directory": None,
+    "section not a table": "data = 5\n",
+    "nested garbage": "[data]\nname = { a = [1, { b = 2 }] }\n",
+    "unknown section": "[nope]\nx = 1\n",
+    "huge int": "[train]\nseed = 99999999999999999999999\n",
+    "deep nesting": "[data]\nname = " + "[" * 3000 + "]" * 3000 + "\n",
+    "pre not a list": '[aggregator]\nname = "krum"\npre = 5\n',
+    "lr nan": "[optimizer]\nlr = nan\n",
 }
 
 
@@ -109,6 +190,7 @@ def edit_checkpoint(edit: Callable[[dict], Any]) -> Setup:
         _template_run(root, False)
         ck = torch.load(root / "r" / "checkpoint.pt", weights_only=True)
         torch.save(edit(ck), root / "r" / "checkpoint.pt")
+
     return setup
 
 
@@ -116,6 +198,7 @@ def replace_file(rel: str, make: Callable[[bytes], bytes]) -> Setup:
     def setup(root: Path) -> None:
         p = root / rel
         p.write_bytes(make(p.read_bytes()))
+
     return setup
 
 
@@ -131,6 +214,7 @@ def crafted_pickle(rel: str) -> Setup:
         import torch
 
         torch.save({"simulator": Marker(), "elapsed": 0.0}, root / rel)
+
     return setup
 
 
@@ -144,8 +228,12 @@ def _set(root: dict, path: str, value: Any) -> dict:
 
 
 # -- learned aggregators ------------------------------------------------------------------------------
-def learned(edit_card: Callable[[dict], Any] | None = None, weights: Callable[[dict], dict] | None = None,
-            raw_card: bytes | None = None, raw_weights: bytes | None = None) -> Setup:
+def learned(
+    edit_card: Callable[[dict], Any] | None = None,
+    weights: Callable[[dict], dict] | None = None,
+    raw_card: bytes | None = None,
+    raw_weights: bytes | None = None,
+) -> Setup:
     def setup(root: Path) -> None:
         shutil.copytree(AGGREGATOR, root / "agg")
         if edit_card is not None:
@@ -156,9 +244,11 @@ def learned(edit_card: Callable[[dict], Any] | None = None, weights: Callable[[d
             (root / "agg" / "card.json").write_bytes(raw_card)
         if weights is not None:
             from safetensors.torch import load_file, save_file
+
             save_file(weights(load_file(str(root / "agg" / "aggregator.safetensors"))), str(root / "agg" / "aggregator.safetensors"))
         if raw_weights is not None:
             (root / "agg" / "aggregator.safetensors").write_bytes(raw_weights)
+
     return setup
 
 
@@ -178,26 +268,34 @@ def learned_variants() -> dict[str, Setup | None]:
 
     first = lambda w: next(iter(w))  # noqa: E731
     return {
-        "missing folder": None, "no card": both(learned(), lambda r: (r / "agg" / "card.json").unlink()),
+        "missing folder": None,
+        "no card": both(learned(), lambda r: (r / "agg" / "card.json").unlink()),
         "no weights": both(learned(), lambda r: (r / "agg" / "aggregator.safetensors").unlink()),
-        "card garbage": learned(raw_card=NOISE[:300]), "card a list": learned(raw_card=b"[1, 2]"),
-        "card empty": learned(raw_card=b""), "card a directory": both(learned(), lambda r: (r / "agg" / "card.json").unlink(),
-                                                                    mkdir("agg/card.json")),
+        "card garbage": learned(raw_card=NOISE[:300]),
+        "card a list": learned(raw_card=b"[1, 2]"),
+        "card empty": learned(raw_card=b""),
+        "card a directory": both(learned(), lambda r: (r / "agg" / "card.json").unlink(), mkdir("agg/card.json")),
         "wrong format": learned(lambda c: _set(c, "format", "other/2")),
-        "no network": learned(lambda c: _pop(c, "network")), "network = 5": learned(lambda c: _set(c, "network", 5)),
+        "no network": learned(lambda c: _pop(c, "network")),
+        "network = 5": learned(lambda c: _set(c, "network", 5)),
         "network unknown key": learned(lambda c: _set(c, "network.colour", 1)),
         "network hidden = 'x'": learned(lambda c: _set(c, "network.hidden", "x")),
         "network hidden = 0": learned(lambda c: _set(c, "network.hidden", 0)),
         "network hidden = -3": learned(lambda c: _set(c, "network.hidden", -3)),
         "network cell = 'rnn'": learned(lambda c: _set(c, "network.cell", "rnn")),
         "network workers = 5": learned(lambda c: _set(c, "network.workers", 5)),
-        "no p": learned(lambda c: _pop(c, "p")), "no preprocess": learned(lambda c: _pop(c, "preprocess")),
-        "no output": learned(lambda c: _pop(c, "output")), "no probe_lr": learned(lambda c: _pop(c, "probe_lr")),
+        "no p": learned(lambda c: _pop(c, "p")),
+        "no preprocess": learned(lambda c: _pop(c, "preprocess")),
+        "no output": learned(lambda c: _pop(c, "output")),
+        "no probe_lr": learned(lambda c: _pop(c, "probe_lr")),
         "preprocess = 'nope'": learned(lambda c: _set(c, "preprocess", "nope")),
-        "output = 'nope'": learned(lambda c: _set(c, "output", "nope")), "p = 'x'": learned(lambda c: _set(c, "p", "x")),
+        "output = 'nope'": learned(lambda c: _set(c, "output", "nope")),
+        "p = 'x'": learned(lambda c: _set(c, "p", "x")),
         "step_scale = 'x'": learned(lambda c: _set(c, "step_scale", "x")),
-        "method = 5": learned(lambda c: _set(c, "method", 5)), "training_config = 5": learned(lambda c: _set(c, "training_config", 5)),
-        "weights garbage": learned(raw_weights=NOISE), "weights empty": learned(raw_weights=b""),
+        "method = 5": learned(lambda c: _set(c, "method", 5)),
+        "training_config = 5": learned(lambda c: _set(c, "training_config", 5)),
+        "weights garbage": learned(raw_weights=NOISE),
+        "weights empty": learned(raw_weights=b""),
         "weights truncated": both(learned(), replace_file("agg/aggregator.safetensors", lambda b: b[: len(b) // 2])),
         "NaN weights": learned(weights=lambda w: _fill(w, float("nan"))),
         "Inf weights": learned(weights=lambda w: _fill(w, float("inf"))),
@@ -217,8 +315,12 @@ def idx_bytes(dims: tuple[int, ...], fill: int = 1) -> bytes:
 
 
 def mnist_dir(**override: bytes | None) -> Setup:
-    files = {"train-images-idx3-ubyte": idx_bytes((64, 28, 28), 3), "train-labels-idx1-ubyte": idx_bytes((64,), 1),
-             "t10k-images-idx3-ubyte": idx_bytes((16, 28, 28), 5), "t10k-labels-idx1-ubyte": idx_bytes((16,), 2)}
+    files = {
+        "train-images-idx3-ubyte": idx_bytes((64, 28, 28), 3),
+        "train-labels-idx1-ubyte": idx_bytes((64,), 1),
+        "t10k-images-idx3-ubyte": idx_bytes((16, 28, 28), 5),
+        "t10k-labels-idx1-ubyte": idx_bytes((16,), 2),
+    }
     files.update(override)
 
     def setup(root: Path) -> None:
@@ -228,6 +330,7 @@ def mnist_dir(**override: bytes | None) -> Setup:
                 (root / "mn" / name).mkdir()
             elif data != b"<missing>":
                 (root / "mn" / name).write_bytes(data)
+
     return setup
 
 
@@ -244,6 +347,7 @@ def cifar_dir(**override: bytes | None) -> Setup:
                 (root / "cf" / name).mkdir()
             elif data != b"<missing>":
                 (root / "cf" / name).write_bytes(data)
+
     return setup
 
 
@@ -264,13 +368,17 @@ def all_cases() -> list[Case]:
     for section, cls in config.FIXED_SECTIONS.items():
         prefix = _sets("train.algorithm=fedavg") if section == "fedavg" else ()
         keys += [(f"{section}.{f.name}", prefix) for f in dataclasses.fields(cls)]
-    for reg, section, base in ((ATTACKS, "attack", ("workers.byzantine=3",)), (OPTIMIZERS, "optimizer", ()),
-                               (AGGREGATORS, "aggregator", ("workers.byzantine=1", "data.public_size=100", "workers.n=9"))):
+    for reg, section, base in (
+        (ATTACKS, "attack", ("workers.byzantine=3",)),
+        (OPTIMIZERS, "optimizer", ()),
+        (AGGREGATORS, "aggregator", ("workers.byzantine=1", "data.public_size=100", "workers.n=9")),
+    ):
         for name in reg.names():
             if name in ("learned", "learned_whitebox"):
                 continue  # in "learned folder"
-            params = [k for k in reg.parameters(name, ("params",))
-                      if not (section == "aggregator" and k == "f" and name not in ("mean", "krum"))]
+            params = [
+                k for k in reg.parameters(name, ("params",)) if not (section == "aggregator" and k == "f" and name not in ("mean", "krum"))
+            ]
             keys += [(f"{section}.{k}", _sets(*base, f"{section}.name={name}")) for k in params]
     for key, prefix in keys:
         for v in _values(key):
@@ -278,12 +386,17 @@ def all_cases() -> list[Case]:
     for name in PREAGGREGATORS.names():
         for k in PREAGGREGATORS.parameters(name, ("f",)):
             for v in ("nan", "inf", "-1", "0", BIG, '"x"', "[]"):
-                cases.append(Case("run --set", (*RUN, *_sets("workers.byzantine=2", f'aggregator.pre=[{{name = "{name}", {k} = {v}}}]')),
-                                  must_fail=v == "nan"))
+                cases.append(
+                    Case(
+                        "run --set",
+                        (*RUN, *_sets("workers.byzantine=2", f'aggregator.pre=[{{name = "{name}", {k} = {v}}}]')),
+                        must_fail=v == "nan",
+                    )
+                )
     for section, cls in META_SECTIONS.items():
         for f in dataclasses.fields(cls):
             hint = typing.get_type_hints(cls)[f.name]
-            for v in ("nan", "inf", "-1", "0", BIG, "x", "[]", "{a = 1}", '[{name = 5}]'):
+            for v in ("nan", "inf", "-1", "0", BIG, "x", "[]", "{a = 1}", "[{name = 5}]"):
                 if v.startswith("[{") and hint is not list:
                     continue
                 cases.append(Case("meta-train", (*META, "--set", f"{section}.{f.name}={v}"), must_fail=v == "nan"))

@@ -44,9 +44,21 @@ from fuzz_cases import AREAS, Case, all_cases  # noqa: E402  (benchmarks/ is on 
 
 TIMEOUT = 120.0  # seconds per case (an accepted case trains 2 rounds)
 MEMORY = 6 << 30  # bytes of address space per case
-PRELOAD = ("byzlearn.cli", "byzlearn.engine", "byzlearn.experiments.runner", "byzlearn.experiments.plots", "byzlearn.experiments.matrix",
-           "byzlearn.experiments.tune", "byzlearn.experiments.demo", "byzlearn.distributed.launcher", "byzlearn.distributed.runtime",
-           "byzlearn.learned.meta_train", "byzlearn.coding.simulator", "safetensors.torch", "matplotlib.pyplot")
+PRELOAD = (
+    "byzlearn.cli",
+    "byzlearn.engine",
+    "byzlearn.experiments.runner",
+    "byzlearn.experiments.plots",
+    "byzlearn.experiments.matrix",
+    "byzlearn.experiments.tune",
+    "byzlearn.experiments.demo",
+    "byzlearn.distributed.launcher",
+    "byzlearn.distributed.runtime",
+    "byzlearn.learned.meta_train",
+    "byzlearn.coding.simulator",
+    "safetensors.torch",
+    "matplotlib.pyplot",
+)
 
 
 class Outcome(NamedTuple):
@@ -173,8 +185,7 @@ def main() -> int:
             if out.kind in ("bad", "late", "traceback"):
                 problems.append((case, out))
             if args.verbose or out.kind in ("bad", "late", "traceback"):
-                print(f"[{i}/{len(cases)}] {out.kind:<9} {case.command()}\n    {out.tail.splitlines()[-1] if out.tail else ''}",
-                      flush=True)
+                print(f"[{i}/{len(cases)}] {out.kind:<9} {case.command()}\n    {out.tail.splitlines()[-1] if out.tail else ''}", flush=True)
     wall = time.perf_counter() - t0
     cols = ("cases", "error", "accepted", "bad", "late", "traceback")
     heads = ("cases tried", "clean errors", "accepted", "bad accepted", "late errors", "tracebacks (target 0)")

@@ -24,13 +24,26 @@ from pathlib import Path
 import torch
 
 BYZLEARN = str(Path(sys.executable).with_name("byzlearn"))
-BASE = ["data.name=digits", "model.name=mlp20", "train.rounds=400", "train.eval_every=20", "train.checkpoint_every=7",
-        "train.threads=1", "workers.byzantine=3"]
+BASE = [
+    "data.name=digits",
+    "model.name=mlp20",
+    "train.rounds=400",
+    "train.eval_every=20",
+    "train.checkpoint_every=7",
+    "train.threads=1",
+    "workers.byzantine=3",
+]
 CONFIGS = {
     "dsgd-alie-nnm-krum": ["attack.name=alie", "aggregator.name=krum", 'aggregator.pre=["nnm"]'],
     "momentum-ipm-median": ["workers.momentum=0.9", "attack.name=ipm", "aggregator.name=median"],
-    "fedavg-signflip-tm": ["train.algorithm=fedavg", "fedavg.local_steps=2", "fedavg.fraction=0.7", "attack.name=sign_flip",
-                           "aggregator.name=trimmed_mean", "aggregator.f=2"],
+    "fedavg-signflip-tm": [
+        "train.algorithm=fedavg",
+        "fedavg.local_steps=2",
+        "fedavg.fraction=0.7",
+        "attack.name=sign_flip",
+        "aggregator.name=trimmed_mean",
+        "aggregator.f=2",
+    ],
     "draco-constant": ["workers.n=9", "workers.byzantine=1", "attack.name=constant", "aggregator.name=draco_repetition"],
 }
 
@@ -89,8 +102,11 @@ def main() -> None:
             total += 1
             kills += res["kills"]
             failures += not res["ok"]
-            print(f"{name} trial {t}: {res['kills']} kills, {'bit-identical' if res['ok'] else 'FAILED ' + str(res)} "
-                  f"({time.perf_counter() - t0:.1f} s)", flush=True)
+            print(
+                f"{name} trial {t}: {res['kills']} kills, {'bit-identical' if res['ok'] else 'FAILED ' + str(res)} "
+                f"({time.perf_counter() - t0:.1f} s)",
+                flush=True,
+            )
     print(f"\n{total} trials, {kills} kills, {failures} failures (folders in {root})")
     sys.exit(1 if failures else 0)
 

@@ -78,9 +78,19 @@ def dataset(data_dir: str | None):
 
 
 def meta_overrides(data: str, data_dir: str | None, n: int, trajectories: int, threads: int) -> list[str]:
-    over = [f"task.data={data}", f"task.workers={n}", "task.steps=40", "task.unroll=20", "task.public_size=1000",
-            f"meta.trajectories={trajectories}", "meta.validate_every=100000", "meta.patience=0", f"meta.threads={threads}",
-            "byzantine.counts=[2]", 'byzantine.attacks=["alie"]']
+    over = [
+        f"task.data={data}",
+        f"task.workers={n}",
+        "task.steps=40",
+        "task.unroll=20",
+        "task.public_size=1000",
+        f"meta.trajectories={trajectories}",
+        "meta.validate_every=100000",
+        "meta.patience=0",
+        f"meta.threads={threads}",
+        "byzantine.counts=[2]",
+        'byzantine.attacks=["alie"]',
+    ]
     return over + ([f"task.data_dir={json.dumps(data_dir)}"] if data_dir else [])
 
 
@@ -115,8 +125,18 @@ def main(argv=None) -> int:
     n, f = args.n, args.f
     data, data_dir, ds = dataset(args.data_dir)
 
-    over = [f"data.name={data}", f"workers.n={n}", "workers.byzantine=0", "model.name=mlp20", "data.public_size=1000",
-            "data.public_batch=16", "aggregator.name=mean", "optimizer.name=sgd", "optimizer.lr=0.5", f"train.threads={args.threads}"]
+    over = [
+        f"data.name={data}",
+        f"workers.n={n}",
+        "workers.byzantine=0",
+        "model.name=mlp20",
+        "data.public_size=1000",
+        "data.public_batch=16",
+        "aggregator.name=mean",
+        "optimizer.name=sgd",
+        "optimizer.lr=0.5",
+        f"train.threads={args.threads}",
+    ]
     if data_dir:
         over.append(f"data.data_dir={json.dumps(data_dir)}")
     sim = Simulator(C.load(None, over), ds)
@@ -142,9 +162,18 @@ def main(argv=None) -> int:
             fns["arnn_lstm: public-batch probe alone"] = lambda: rules["arnn_lstm"].public_losses(G, ctx)
         for label in ATTACKED:
             if label in rules:
-                actx = AttackContext(n=n, f=f, round=0, honest=G[f:], own=None, params=sim.theta, aggregator=rules[label],
-                                     generator=torch.Generator().manual_seed(0), aggregation=ctx,
-                                     byzantine=torch.arange(f))
+                actx = AttackContext(
+                    n=n,
+                    f=f,
+                    round=0,
+                    honest=G[f:],
+                    own=None,
+                    params=sim.theta,
+                    aggregator=rules[label],
+                    generator=torch.Generator().manual_seed(0),
+                    aggregation=ctx,
+                    byzantine=torch.arange(f),
+                )
                 attack = ATTACKS.build("learned_whitebox", {}, "attack")
                 fns[f"learned_whitebox vs {label} (10 steps)"] = lambda a=attack, c=actx: a.forge(c)
         fns["simulator round (mean, no attack)"] = sim.step
@@ -161,16 +190,29 @@ def main(argv=None) -> int:
             mcfg = MT.load_config(None, meta_overrides(data, data_dir, n, args.trajectories, args.threads) + VARIANTS[label])
             card = MT.meta_train(mcfg, tmp / f"meta-{label}", progress=False, dataset=ds)
             rounds = card["meta_steps"] * mcfg.task.unroll
-            results.append(dict(kind="meta-training", what=label, meta_steps=card["meta_steps"], wall_s=card["wall_time"],
-                                meta_steps_per_s=card["meta_steps"] / card["wall_time"], rounds_per_s=rounds / card["wall_time"]))
-            print(f"  meta-train {label:<20s} {card['meta_steps']} meta-steps in {card['wall_time']:.1f} s: "
-                  f"{card['meta_steps'] / card['wall_time']:.3f} meta-steps/s, {rounds / card['wall_time']:.1f} rounds/s",
-                  file=sys.stderr, flush=True)
+            results.append(
+                dict(
+                    kind="meta-training",
+                    what=label,
+                    meta_steps=card["meta_steps"],
+                    wall_s=card["wall_time"],
+                    meta_steps_per_s=card["meta_steps"] / card["wall_time"],
+                    rounds_per_s=rounds / card["wall_time"],
+                )
+            )
+            print(
+                f"  meta-train {label:<20s} {card['meta_steps']} meta-steps in {card['wall_time']:.1f} s: "
+                f"{card['meta_steps'] / card['wall_time']:.3f} meta-steps/s, {rounds / card['wall_time']:.1f} rounds/s",
+                file=sys.stderr,
+                flush=True,
+            )
     finally:
         MT.validation_score = real_validation
 
-    print(f"\nd = {d} ({data}, mlp20), n = {n}, f = {f}; median of {args.repeats} interleaved calls after a warm-up; "
-          f"torch {torch.__version__}, {args.threads} thread(s); untrained networks (same cost as trained).\n")
+    print(
+        f"\nd = {d} ({data}, mlp20), n = {n}, f = {f}; median of {args.repeats} interleaved calls after a warm-up; "
+        f"torch {torch.__version__}, {args.threads} thread(s); untrained networks (same cost as trained).\n"
+    )
     print("| per round | ms | vs mean | vs Krum |")
     print("|---|---:|---:|---:|")
     for r in results:
@@ -182,9 +224,21 @@ def main(argv=None) -> int:
         if r["kind"] == "meta-training":
             print(f"| {r['what']} | {r['meta_steps']} | {r['wall_s']:.1f} | {r['meta_steps_per_s']:.3f} | {r['rounds_per_s']:.1f} |")
     if args.json:
-        meta = dict(data=data, d=d, n=n, f=f, device="cpu", torch=torch.__version__, threads=args.threads, repeats=args.repeats,
-                    trajectories=args.trajectories, cpu_count=os.cpu_count(), machine=platform.machine(),
-                    time=time.strftime("%Y-%m-%d %H:%M:%S"), networks="untrained (random weights, same cost as trained)")
+        meta = dict(
+            data=data,
+            d=d,
+            n=n,
+            f=f,
+            device="cpu",
+            torch=torch.__version__,
+            threads=args.threads,
+            repeats=args.repeats,
+            trajectories=args.trajectories,
+            cpu_count=os.cpu_count(),
+            machine=platform.machine(),
+            time=time.strftime("%Y-%m-%d %H:%M:%S"),
+            networks="untrained (random weights, same cost as trained)",
+        )
         args.json.write_text(json.dumps(dict(meta=meta, results=results), indent=1) + "\n")
     return 0
 

@@ -66,8 +66,9 @@ def loop_over_clients(sim, idx: torch.Tensor, lr: float) -> torch.Tensor:
 
 
 def fedavg(base: list[str], n: int, K: int, repeats: int) -> dict:
-    sim = make_simulator(C.load(None, base + [f"workers.n={n}", "train.algorithm=fedavg", f"fedavg.local_steps={K}",
-                                               "fedavg.local_lr=0.1"]))
+    sim = make_simulator(
+        C.load(None, base + [f"workers.n={n}", "train.algorithm=fedavg", f"fedavg.local_steps={K}", "fedavg.local_lr=0.1"])
+    )
     idx = sim.draw().batches
     batched = lambda: sim.local_updates(idx)[0]  # noqa: E731
     loop = lambda: loop_over_clients(sim, idx, 0.1)  # noqa: E731
@@ -78,8 +79,16 @@ def fedavg(base: list[str], n: int, K: int, repeats: int) -> dict:
         tl.append(median_time(loop, 1))
     step = median_time(sim.step, repeats)
     b, lo = statistics.median(tb), statistics.median(tl)
-    return {"n": n, "K": K, "d": sim.d, "batched_ms": 1e3 * b, "loop_ms": 1e3 * lo, "speedup": lo / b,
-            "round_ms": 1e3 * step, "max_abs_diff": diff}
+    return {
+        "n": n,
+        "K": K,
+        "d": sim.d,
+        "batched_ms": 1e3 * b,
+        "loop_ms": 1e3 * lo,
+        "speedup": lo / b,
+        "round_ms": 1e3 * step,
+        "max_abs_diff": diff,
+    }
 
 
 def momentum(base: list[str], n: int, extra: list[str], repeats: int, rounds: int) -> dict:
@@ -98,8 +107,14 @@ def momentum(base: list[str], n: int, extra: list[str], repeats: int, rounds: in
             block(s)
             times[beta].append((time.perf_counter() - t0) / rounds)
     plain, mom = statistics.median(times[0.0]), statistics.median(times[0.9])
-    return {"n": n, "setting": " ".join(extra) or "mean, no attack", "d": sims[0.0].d, "plain_ms": 1e3 * plain,
-            "momentum_ms": 1e3 * mom, "ratio": mom / plain}
+    return {
+        "n": n,
+        "setting": " ".join(extra) or "mean, no attack",
+        "d": sims[0.0].d,
+        "plain_ms": 1e3 * plain,
+        "momentum_ms": 1e3 * mom,
+        "ratio": mom / plain,
+    }
 
 
 def main() -> None:
@@ -117,20 +132,30 @@ def main() -> None:
     else:
         base, sizes, K = ["data.name=mnist", f"data.data_dir={json.dumps(args.data_dir)}", "model.name=fc_mnist"], [13, 45], 5
     base = base + ["workers.batch_size=32", "train.eval_every=1000"]
-    res = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
-           "command": "python " + " ".join(sys.argv), "fedavg": [], "momentum": []}
+    res = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "command": "python " + " ".join(sys.argv),
+        "fedavg": [],
+        "momentum": [],
+    }
     for n in sizes:
         r = fedavg(base, n, K, args.repeats)
         res["fedavg"].append(r)
-        print(f"fedavg n={n} K={K} d={r['d']}: batched {r['batched_ms']:.1f} ms, loop {r['loop_ms']:.1f} ms, "
-              f"{r['speedup']:.1f}x; whole round {r['round_ms']:.1f} ms (max |diff| {r['max_abs_diff']:.1e})", flush=True)
+        print(
+            f"fedavg n={n} K={K} d={r['d']}: batched {r['batched_ms']:.1f} ms, loop {r['loop_ms']:.1f} ms, "
+            f"{r['speedup']:.1f}x; whole round {r['round_ms']:.1f} ms (max |diff| {r['max_abs_diff']:.1e})",
+            flush=True,
+        )
     attacks = [[], ["workers.byzantine=3", "attack.name=alie", "aggregator.name=trimmed_mean"]]
     for n in sizes:
         for extra in attacks:
             r = momentum(base, n, extra, args.repeats, 5 if args.quick else 10)
             res["momentum"].append(r)
-            print(f"momentum n={n} [{r['setting']}]: plain {r['plain_ms']:.2f} ms/round, momentum {r['momentum_ms']:.2f} ms/round, "
-                  f"{r['ratio']:.2f}x", flush=True)
+            print(
+                f"momentum n={n} [{r['setting']}]: plain {r['plain_ms']:.2f} ms/round, momentum {r['momentum_ms']:.2f} ms/round, "
+                f"{r['ratio']:.2f}x",
+                flush=True,
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
 

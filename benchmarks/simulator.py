@@ -61,8 +61,10 @@ def main() -> None:
     args = ap.parse_args()
 
     ds = load_dataset("mnist", args.data_dir, download=False)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"device {args.device}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"device {args.device}"
+    )
     print(f"MNIST, mlp20 (784-20-10 sigmoid), batch 32 per worker, mean rule, {args.rounds} rounds x {args.repeats} repeats\n")
     print("| workers | loop rounds/s | batched rounds/s | batched + compile rounds/s | batched / loop | batched + compile / loop |")
     print("|---:|---:|---:|---:|---:|---:|")

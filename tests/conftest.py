@@ -58,8 +58,16 @@ def untrained_aggregator(root, method):
     from byzlearn.learned.meta_train import build_network, card_of, from_sections
 
     cfg = from_sections(l2a.recipe(method, None, quick=True))
-    card = {**card_of(cfg), "validation_score": 1.0, "best_trajectory": 0, "trajectories_run": 0, "meta_steps": 0,
-            "wall_time": 0.0, "meta_steps_per_second": 0.0, "training_config": cfg.to_dict()}
+    card = {
+        **card_of(cfg),
+        "validation_score": 1.0,
+        "best_trajectory": 0,
+        "trajectories_run": 0,
+        "meta_steps": 0,
+        "wall_time": 0.0,
+        "meta_steps_per_second": 0.0,
+        "training_config": cfg.to_dict(),
+    }
     save_aggregator(build_network(cfg), card, root / method)
 
 

@@ -99,12 +99,15 @@ def test_param_groups_have_their_own_lr():
     assert opt.param_groups[0]["alpha"] == 1.0 and opt.param_groups[1]["alpha"] == 2.0
 
 
-@pytest.mark.parametrize("make", [
-    lambda ps: ACClip(ps, lr=0.1, alpha=1.0, weight_decay=0.01),
-    lambda ps: ACClip(ps, lr=0.1, alpha=2.0),
-    lambda ps: ClippedSGD(ps, lr=0.1, max_norm=0.5, momentum=0.9),
-    lambda ps: CoordClippedSGD(ps, lr=0.1, threshold=0.05, momentum=0.9),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ps: ACClip(ps, lr=0.1, alpha=1.0, weight_decay=0.01),
+        lambda ps: ACClip(ps, lr=0.1, alpha=2.0),
+        lambda ps: ClippedSGD(ps, lr=0.1, max_norm=0.5, momentum=0.9),
+        lambda ps: CoordClippedSGD(ps, lr=0.1, threshold=0.05, momentum=0.9),
+    ],
+)
 def test_state_dict_round_trip_continues_identically(make, tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3))

@@ -267,9 +267,7 @@ def test_vertex_cover_search_matches_brute_force():
         A = A | A.T
         adj = [sum(1 << j for j in range(n) if A[i, j]) for i in range(n)]
         edges = [(i, j) for i in range(n) for j in range(i + 1, n) if A[i, j]]
-        best = min(
-            len(S) for r in range(n + 1) for S in itertools.combinations(range(n), r) if all(i in S or j in S for i, j in edges)
-        )
+        best = min(len(S) for r in range(n + 1) for S in itertools.combinations(range(n), r) if all(i in S or j in S for i, j in edges))
         for k in range(n + 1):
             assert vertex_cover_at_most(adj, (1 << n) - 1, k) == (k >= best)
 
@@ -289,8 +287,12 @@ def test_geometric_median_is_optimal_and_matches_scipy():
     obj = gm_objective(Xn, z.numpy())
     assert obj <= gm_objective(Xn, Xn.mean(0)) + 1e-12
     assert all(obj <= gm_objective(Xn, x) + 1e-12 for x in Xn)
-    res = minimize(lambda v: gm_objective(Xn, v), Xn.mean(0), method="Nelder-Mead",
-                   options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 20000, "maxfev": 40000})
+    res = minimize(
+        lambda v: gm_objective(Xn, v),
+        Xn.mean(0),
+        method="Nelder-Mead",
+        options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 20000, "maxfev": 40000},
+    )
     assert obj <= res.fun + 1e-9
     np.testing.assert_allclose(z.numpy(), res.x, atol=1e-4)
 
@@ -319,8 +321,9 @@ def test_geometric_median_weights_equal_duplication():
     X = rand(5, 3, 13)
     w = t64([1, 2, 3, 1, 1])
     dup = X[[0, 1, 1, 2, 2, 2, 3, 4]]
-    torch.testing.assert_close(F.geometric_median(X, eps=1e-13, max_iter=2000, weights=w),
-                               F.geometric_median(dup, eps=1e-13, max_iter=2000), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        F.geometric_median(X, eps=1e-13, max_iter=2000, weights=w), F.geometric_median(dup, eps=1e-13, max_iter=2000), atol=1e-6, rtol=0
+    )
 
 
 def test_smoothed_weiszfeld_close_to_plain_and_max_iter_zero_is_mean():
@@ -367,10 +370,12 @@ def ref_centered_clipping(X, v, tau, iters):
 def test_centered_clipping_matches_direct_loop(tau, iters, seed):
     X = rand(9, 6, 60 + seed) * 2 + 1
     v = rand(1, 6, 70 + seed)[0]
-    np.testing.assert_allclose(F.centered_clipping(X, v, tau, iters).numpy(), ref_centered_clipping(X.numpy(), v.numpy(), tau, iters),
-                               rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(F.centered_clipping(X, None, tau, iters).numpy(), ref_centered_clipping(X.numpy(), np.zeros(6), tau, iters),
-                               rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(
+        F.centered_clipping(X, v, tau, iters).numpy(), ref_centered_clipping(X.numpy(), v.numpy(), tau, iters), rtol=1e-10, atol=1e-10
+    )
+    np.testing.assert_allclose(
+        F.centered_clipping(X, None, tau, iters).numpy(), ref_centered_clipping(X.numpy(), np.zeros(6), tau, iters), rtol=1e-10, atol=1e-10
+    )
     assert torch.equal(F.centered_clipping(X, v, tau, 0), v)
 
 
@@ -518,12 +523,15 @@ def test_nonfinite_rows_are_survived(name, bad):
     assert bool(((out >= lo - 1e-9) & (out <= hi + 1e-9)).all())
 
 
-@pytest.mark.parametrize("name,fn", [
-    ("krum", lambda G, f: F.krum(G, f)),
-    ("multi_krum", lambda G, f: F.multi_krum(G, f)),
-    ("mda", lambda G, f: F.mda(G, f)),
-    ("nnm", lambda G, f: F.nnm(G, f)),
-])
+@pytest.mark.parametrize(
+    "name,fn",
+    [
+        ("krum", lambda G, f: F.krum(G, f)),
+        ("multi_krum", lambda G, f: F.multi_krum(G, f)),
+        ("mda", lambda G, f: F.mda(G, f)),
+        ("nnm", lambda G, f: F.nnm(G, f)),
+    ],
+)
 def test_nonfinite_rows_do_not_change_the_selection_among_finite_rows(name, fn):
     # replacing f far-away rows by NaN rows: both are never selected, the output is unchanged
     n, f = 10, 2
@@ -607,7 +615,8 @@ def test_registry_validates_config_keys_and_types():
 def test_objects_match_functions_and_keep_dtype(name):
     X = rand(11, 4, 51)
     agg = build_aggregator({"name": name}, f_default=2)
-    ref = {**RULES, "geometric_median": lambda G, f: F.geometric_median(G),
-           "centered_clipping": lambda G, f: F.centered_clipping(G)}[name](X, 2)
+    ref = {**RULES, "geometric_median": lambda G, f: F.geometric_median(G), "centered_clipping": lambda G, f: F.centered_clipping(G)}[name](
+        X, 2
+    )
     torch.testing.assert_close(agg(X), ref)
     assert agg(X.float()).dtype == torch.float32

@@ -111,8 +111,20 @@ def test_agreement_rounds_schedule():
 def test_learn_smoke_digits():
     from byzlearn.decentralized.learning import LearnSetup, learn
 
-    r = learn(LearnSetup(dataset="digits", model="logreg", n=7, f=2, steps=30, eval_every=15, lr=0.5, attack="equivocate",
-                         attack_params={"scale": 3.0}, threads=1))
+    r = learn(
+        LearnSetup(
+            dataset="digits",
+            model="logreg",
+            n=7,
+            f=2,
+            steps=30,
+            eval_every=15,
+            lr=0.5,
+            attack="equivocate",
+            attack_params={"scale": 3.0},
+            threads=1,
+        )
+    )
     assert len(r["history"]) == 2 and r["final_worst_accuracy"] > 0.5
     assert r["history"][-1]["param_diameter"] < 1.0
 

@@ -26,8 +26,14 @@ def make_ctx(honest, f=2, own=None, aggregator=None, seed=0, n=None, round=0):
         own = torch.as_tensor(own, dtype=torch.float32)
     g = torch.Generator().manual_seed(seed)
     return AttackContext(
-        n=n if n is not None else honest.shape[0] + f, f=f, round=round, honest=honest, own=own,
-        params=torch.zeros(honest.shape[1]), aggregator=aggregator, generator=g,
+        n=n if n is not None else honest.shape[0] + f,
+        f=f,
+        round=round,
+        honest=honest,
+        own=own,
+        params=torch.zeros(honest.shape[1]),
+        aggregator=aggregator,
+        generator=g,
     )
 
 
@@ -36,8 +42,22 @@ def build(name, **params):
 
 
 def test_all_attacks_registered():
-    expected = {"constant", "gaussian", "sign_flip", "zero", "dropped", "nan", "inf", "bit_flip", "alie", "ipm",
-                "mimic", "alie_optimal", "ipm_optimal", "label_flip"}
+    expected = {
+        "constant",
+        "gaussian",
+        "sign_flip",
+        "zero",
+        "dropped",
+        "nan",
+        "inf",
+        "bit_flip",
+        "alie",
+        "ipm",
+        "mimic",
+        "alie_optimal",
+        "ipm_optimal",
+        "label_flip",
+    }
     assert expected <= set(ATTACKS.names())
     for name in expected:  # every one builds from defaults alone
         build(name)
@@ -265,8 +285,9 @@ def test_optimal_attack_beats_default_against_mean(name, default):
     assert out.shape == (f, 50) and bool((out == out[0]).all())
     found = _damage(honest, out[0], f)
     at_default = _damage(honest, build(default).forge(make_ctx(honest, f=f))[0], f)
-    at_zero_strength = _damage(honest, (build("alie", z=0.0) if default == "alie" else build("ipm", epsilon=0.0))
-                               .forge(make_ctx(honest, f=f))[0], f)
+    at_zero_strength = _damage(
+        honest, (build("alie", z=0.0) if default == "alie" else build("ipm", epsilon=0.0)).forge(make_ctx(honest, f=f))[0], f
+    )
     assert found >= at_default and found >= at_zero_strength and found > at_default
     assert attack.last_damage == pytest.approx(found, rel=1e-5)
     assert attack.last_strength > 0

@@ -26,15 +26,26 @@ def test_the_config_is_byzfl_default_benchmark(tmp_path):
 
 def test_side_by_side_pairs_cells_and_judges_the_spread():
     def ours(acc, seed, attack="sign_flip(reference=mean)"):
-        return {"method": METHOD["TrMean"], "setting": {"attack": attack, "byzantine": 2, "gamma": 0.66, "seed": seed},
-                "final_test_accuracy": acc, "best_test_accuracy": acc + 0.01, "wall_time": 10.0}
+        return {
+            "method": METHOD["TrMean"],
+            "setting": {"attack": attack, "byzantine": 2, "gamma": 0.66, "seed": seed},
+            "final_test_accuracy": acc,
+            "best_test_accuracy": acc + 0.01,
+            "wall_time": 10.0,
+        }
 
     def theirs(acc, seed, attack="SignFlipping"):
-        return {"cell": {"aggregator": "TrMean", "attack": attack, "f": 2, "gamma": 0.66}, "final_test_accuracy": acc,
-                "best_test_accuracy": acc, "train_time_s": 40.0}
+        return {
+            "cell": {"aggregator": "TrMean", "attack": attack, "f": 2, "gamma": 0.66},
+            "final_test_accuracy": acc,
+            "best_test_accuracy": acc,
+            "train_time_s": 40.0,
+        }
 
-    rows = side_by_side([ours(0.90, 0), ours(0.92, 1), ours(0.50, 0, "ipm_optimal")],
-                        [theirs(0.91, 0), theirs(0.93, 1), theirs(0.2, 0, "Optimal_ALittleIsEnough")])
+    rows = side_by_side(
+        [ours(0.90, 0), ours(0.92, 1), ours(0.50, 0, "ipm_optimal")],
+        [theirs(0.91, 0), theirs(0.93, 1), theirs(0.2, 0, "Optimal_ALittleIsEnough")],
+    )
     assert len(rows) == 1  # the ALIE cell has no byzlearn run, the IPM cell no ByzFL run
     r = rows[0]
     assert r["byzlearn"]["final"]["mean"] == 0.91 and r["byzfl"]["final"]["mean"] == 0.92 and r["overlap"]

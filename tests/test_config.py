@@ -24,7 +24,7 @@ def test_toml_file_and_overrides(tmp_path):
 
 
 def test_resolved_config_round_trips(tmp_path):
-    cfg = C.load(None, ["workers.n=12", "data.data_dir=/tmp/x", "aggregator.pre=[\"nnm\"]"])
+    cfg = C.load(None, ["workers.n=12", "data.data_dir=/tmp/x", 'aggregator.pre=["nnm"]'])
     p = tmp_path / "r.toml"
     p.write_text(cfg.to_toml())
     again = C.load(p)

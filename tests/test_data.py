@@ -22,9 +22,7 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MNIST_DIR = SHARED / "mnist"
 FASHION_DIR = SHARED / "fashion-mnist"
 needs_mnist = pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"shared MNIST files not found at {MNIST_DIR}")
-needs_fashion = pytest.mark.skipif(
-    not FASHION_DIR.is_dir(), reason=f"shared Fashion-MNIST files not found at {FASHION_DIR}"
-)
+needs_fashion = pytest.mark.skipif(not FASHION_DIR.is_dir(), reason=f"shared Fashion-MNIST files not found at {FASHION_DIR}")
 
 
 @pytest.fixture(autouse=True)
@@ -41,6 +39,7 @@ def offline(monkeypatch):
 @pytest.fixture(scope="module", autouse=True)
 def shared_data_untouched():
     """The shared data files must come out of these tests exactly as they went in."""
+
     def stamp():
         return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in SHARED.rglob("*") if p.is_file()}
 
@@ -186,10 +185,7 @@ def _copy_with(tmp_path: Path, name: str, content: bytes) -> Path:
 
 
 @needs_mnist
-@pytest.mark.parametrize(
-    "case, match",
-    [("truncated gzip", "cannot read"), ("bad magic", "magic"), ("truncated data", "truncated")],
-)
+@pytest.mark.parametrize("case, match", [("truncated gzip", "cannot read"), ("bad magic", "magic"), ("truncated data", "truncated")])
 def test_corrupt_file_gives_clear_error(tmp_path, case, match):
     good = gzip.decompress((MNIST_DIR / "train-labels-idx1-ubyte.gz").read_bytes())
     if case == "truncated gzip":

@@ -30,12 +30,29 @@ from byzlearn.registry import ConfigError
 pytestmark = pytest.mark.slow
 
 # 4 processes: the server and 3 workers, one of them Byzantine (sign flip of its own gradient)
-BASE = ["data.name=digits", "model.name=mlp20", "workers.n=3", "workers.byzantine=1", "attack.name=sign_flip",
-        "aggregator.name=median", "train.rounds=150", "train.eval_every=25", "train.checkpoint_every=25", "optimizer.name=momentum",
-        "optimizer.lr=0.2"]
+BASE = [
+    "data.name=digits",
+    "model.name=mlp20",
+    "workers.n=3",
+    "workers.byzantine=1",
+    "attack.name=sign_flip",
+    "aggregator.name=median",
+    "train.rounds=150",
+    "train.eval_every=25",
+    "train.checkpoint_every=25",
+    "optimizer.name=momentum",
+    "optimizer.lr=0.2",
+]
 # 6 processes, no attack: the fault-free reference of the crash test
-FAULT = ["data.name=digits", "model.name=logreg", "workers.n=5", "train.rounds=300", "train.eval_every=10",
-         "train.checkpoint_every=100", "optimizer.lr=0.5"]
+FAULT = [
+    "data.name=digits",
+    "model.name=logreg",
+    "workers.n=5",
+    "train.rounds=300",
+    "train.eval_every=10",
+    "train.checkpoint_every=100",
+    "optimizer.lr=0.5",
+]
 
 
 def job(out: Path, overrides: list[str], **kw) -> dict:
@@ -89,6 +106,7 @@ def base_sim():
 
 # -- the CI job and parity ------------------------------------------------------------------------
 
+
 def test_four_process_job_runs_to_completion_and_learns(base):
     for name in ["config.toml", "metrics.jsonl", "checkpoint.pt", "summary.json", "curves.png", "logs/rank3.log"]:
         assert (base / name).is_file(), name
@@ -108,11 +126,14 @@ def test_parity_with_the_simulator(base, base_sim):
     assert metrics(base)[-1]["test_accuracy"] == pytest.approx(base_sim.evaluate()[1], abs=1 / 360)
 
 
-@pytest.mark.parametrize("extra", [
-    ["workers.byzantine=1", "attack.name=alie", "aggregator.name=trimmed_mean"],  # omniscient: collusion channel taps
-    ["workers.byzantine=2", "attack.name=gaussian", "aggregator.name=median"],  # randomised: the leader's stream
-    ["workers.byzantine=1", "attack.name=dropped", "aggregator.name=median", "distributed.quorum=4"],  # first q of n
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["workers.byzantine=1", "attack.name=alie", "aggregator.name=trimmed_mean"],  # omniscient: collusion channel taps
+        ["workers.byzantine=2", "attack.name=gaussian", "aggregator.name=median"],  # randomised: the leader's stream
+        ["workers.byzantine=1", "attack.name=dropped", "aggregator.name=median", "distributed.quorum=4"],  # first q of n
+    ],
+)
 def test_parity_of_attacks_through_the_collusion_channel(tmp_path, extra):
     overrides = ["data.name=digits", "model.name=logreg", "workers.n=5", "train.rounds=60", "optimizer.lr=0.5"] + extra
     s = job(tmp_path / "r", overrides)
@@ -120,13 +141,20 @@ def test_parity_of_attacks_through_the_collusion_channel(tmp_path, extra):
     assert s["missing_gradients"] == (60 if "attack.name=dropped" in extra else 0)
 
 
-@pytest.mark.parametrize("extra", [
-    ["aggregator.name=draco_cyclic", "workers.byzantine_set=redraw"],
-    ["aggregator.name=draco_repetition", "aggregator.fallback=median"],
-])
+@pytest.mark.parametrize(
+    "extra",
+    [["aggregator.name=draco_cyclic", "workers.byzantine_set=redraw"], ["aggregator.name=draco_repetition", "aggregator.fallback=median"]],
+)
 def test_draco_workers_send_code_words_and_the_server_decodes(tmp_path, extra):
-    overrides = ["data.name=digits", "model.name=logreg", "workers.n=6", "workers.byzantine=1", "attack.name=constant",
-                 "train.rounds=40", "optimizer.lr=0.5"] + extra
+    overrides = [
+        "data.name=digits",
+        "model.name=logreg",
+        "workers.n=6",
+        "workers.byzantine=1",
+        "attack.name=constant",
+        "train.rounds=40",
+        "optimizer.lr=0.5",
+    ] + extra
     s = job(tmp_path / "r", overrides)
     assert s["draco_rounds_corrected"] == 40 and s["draco_rounds_detected"] == 0  # the adversary located every round
     torch.testing.assert_close(theta(tmp_path / "r"), simulate(overrides).theta.detach(), atol=1e-5, rtol=0)
@@ -135,10 +163,35 @@ def test_draco_workers_send_code_words_and_the_server_decodes(tmp_path, extra):
 def test_torchrun_starts_the_same_runtime(tmp_path):
     out = tmp_path / "tr"
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--nnodes", "1", "--nproc-per-node", "3", "--rdzv-backend", "c10d", "--rdzv-endpoint",
-           f"127.0.0.1:{free_port()}", "-m", "byzlearn", "run", "--engine", "distributed", "--out", str(out), "--quiet",
-           "--set", "data.name=digits", "--set", "model.name=logreg", "--set", "workers.n=2", "--set", "train.rounds=30",
-           "--set", "optimizer.lr=0.5"]
+    cmd = [
+        str(torchrun),
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        "3",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{free_port()}",
+        "-m",
+        "byzlearn",
+        "run",
+        "--engine",
+        "distributed",
+        "--out",
+        str(out),
+        "--quiet",
+        "--set",
+        "data.name=digits",
+        "--set",
+        "model.name=logreg",
+        "--set",
+        "workers.n=2",
+        "--set",
+        "train.rounds=30",
+        "--set",
+        "optimizer.lr=0.5",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     s = json.loads((out / "summary.json").read_text())
@@ -147,6 +200,7 @@ def test_torchrun_starts_the_same_runtime(tmp_path):
 
 
 # -- faults ---------------------------------------------------------------------------------------
+
 
 def test_a_killed_worker_does_not_stop_training(tmp_path):
     """SIGKILL one worker mid-run: the run finishes, counts the missing gradients, loses < 1 point of accuracy."""
@@ -167,8 +221,16 @@ def test_a_killed_worker_does_not_stop_training(tmp_path):
 
 def test_slow_and_hung_workers_are_left_behind(tmp_path):
     """First q = 3 of 5 within the deadline: a straggler and a hung (alive) worker cost no waiting."""
-    overrides = ["data.name=digits", "model.name=logreg", "workers.n=5", "train.rounds=100", "optimizer.lr=0.5",
-                 "aggregator.name=median", "distributed.quorum=3", "distributed.deadline=30"]
+    overrides = [
+        "data.name=digits",
+        "model.name=logreg",
+        "workers.n=5",
+        "train.rounds=100",
+        "optimizer.lr=0.5",
+        "aggregator.name=median",
+        "distributed.quorum=3",
+        "distributed.deadline=30",
+    ]
     t0 = time.monotonic()
     s = job(tmp_path / "r", overrides, faults={2: "slow:0.05", 3: "hang@10"})
     assert time.monotonic() - t0 < 60  # no round waited for the 30 s deadline
@@ -181,8 +243,7 @@ def test_slow_and_hung_workers_are_left_behind(tmp_path):
 def test_malformed_messages_are_byzantine_input(tmp_path):
     """Short, long, wrong-length, bad-magic, future-round and impostor frames are counted and dropped; NaN rows
     reach the rule, which survives them."""
-    overrides = ["data.name=digits", "model.name=logreg", "workers.n=4", "train.rounds=60", "optimizer.lr=0.5",
-                 "aggregator.name=median"]
+    overrides = ["data.name=digits", "model.name=logreg", "workers.n=4", "train.rounds=60", "optimizer.lr=0.5", "aggregator.name=median"]
     s = job(tmp_path / "r", overrides, faults={2: "malformed@5"})
     assert s["malformed_messages"] == malformed_expected(5, 60) == 48
     assert s["missing_gradients"] == 0  # the rogue worker sends its real gradient after each malformed frame
@@ -236,11 +297,21 @@ def test_server_crash_resumes_from_its_checkpoint(tmp_path, base):
 
 # -- decentralised --------------------------------------------------------------------------------
 
+
 def test_decentralised_peers_agree_through_reliable_broadcast(tmp_path):
     """4 peers, 1 equivocating: Bracha over real messages delivers every Byzantine value consistently."""
-    overrides = ["distributed.mode=decentralized", "distributed.byzantine_peers=equivocate", "distributed.grad_rounds=2",
-                 "data.name=digits", "model.name=logreg", "workers.n=4", "workers.byzantine=1", "train.rounds=30",
-                 "train.eval_every=10", "optimizer.lr=0.5"]
+    overrides = [
+        "distributed.mode=decentralized",
+        "distributed.byzantine_peers=equivocate",
+        "distributed.grad_rounds=2",
+        "data.name=digits",
+        "model.name=logreg",
+        "workers.n=4",
+        "workers.byzantine=1",
+        "train.rounds=30",
+        "train.eval_every=10",
+        "optimizer.lr=0.5",
+    ]
     s = job(tmp_path / "r", overrides)
     assert s["byzantine_deliveries"] > 0 and s["broadcast_conflicts"] == 0
     assert s["final_test_accuracy"] >= 0.85  # the worst honest peer
@@ -251,6 +322,7 @@ def test_decentralised_peers_agree_through_reliable_broadcast(tmp_path):
 
 
 # -- configuration --------------------------------------------------------------------------------
+
 
 def test_distributed_config_section_and_checks():
     default = C.load(None, [])

@@ -1,6 +1,5 @@
 """DRACO: the codes on random matrices, and the guarantee in training (same parameters as plain SGD)."""
 
-
 import pytest
 import torch
 
@@ -135,8 +134,13 @@ def _train(sim, rounds=4):
     return sim.theta.detach().clone()
 
 
-ATTACKS = [["attack.name=constant", "attack.magnitude=240"], ["attack.name=sign_flip", "attack.scale=100"],
-           ["attack.name=gaussian"], ['attack.name="nan"'], ["attack.name=dropped"]]
+ATTACKS = [
+    ["attack.name=constant", "attack.magnitude=240"],
+    ["attack.name=sign_flip", "attack.scale=100"],
+    ["attack.name=gaussian"],
+    ['attack.name="nan"'],
+    ["attack.name=dropped"],
+]
 
 
 @pytest.mark.parametrize("n,s", [(9, 1), (10, 3), (11, 2)])
@@ -175,8 +179,15 @@ def test_cyclic_training_equals_adversary_free_sgd_float64(digits, n, s):
 
 def test_cyclic_replicated_float32(digits):
     plain = _train(_sim(["workers.n=10"], digits))
-    cfg = ["workers.n=10", "aggregator.name=draco_cyclic", "aggregator.s=2", "aggregator.compute=replicated",
-           "workers.byzantine=2", "attack.name=sign_flip", "attack.scale=100"]
+    cfg = [
+        "workers.n=10",
+        "aggregator.name=draco_cyclic",
+        "aggregator.s=2",
+        "aggregator.compute=replicated",
+        "workers.byzantine=2",
+        "attack.name=sign_flip",
+        "attack.scale=100",
+    ]
     theta = _train(_sim(cfg, digits))
     assert float((theta - plain).norm() / plain.norm()) < 1e-5
 
@@ -211,7 +222,19 @@ def test_config_and_engine_selection(digits, tmp_path):
     assert isinstance(_sim(["workers.n=5", "aggregator.name=draco_cyclic", "aggregator.s=1"], digits), DracoSimulator)
     from byzlearn.experiments.runner import run
 
-    cfg = C.load(None, BASE + ["workers.n=7", "aggregator.name=draco_cyclic", "aggregator.s=1", "workers.byzantine=1",
-                               "train.rounds=4", "train.eval_every=2", "data.name=digits", "attack.name=constant"])
+    cfg = C.load(
+        None,
+        BASE
+        + [
+            "workers.n=7",
+            "aggregator.name=draco_cyclic",
+            "aggregator.s=1",
+            "workers.byzantine=1",
+            "train.rounds=4",
+            "train.eval_every=2",
+            "data.name=digits",
+            "attack.name=constant",
+        ],
+    )
     summary = run(cfg, tmp_path / "r", progress=False)
     assert summary["draco_rounds_corrected"] == 4 and summary["draco_rounds_detected"] == 0

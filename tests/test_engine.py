@@ -157,8 +157,10 @@ def test_noniid_partitions_train(digits):
 
 def test_mnist_mlp_reaches_90_percent(mnist):
     """The issue's acceptance run: MNIST, MLP 784-20-10 sigmoid, 10 workers, iid, mean, batch 32."""
-    cfg = C.load("configs/mnist_mlp20.toml" if __import__("os").path.exists("configs/mnist_mlp20.toml") else None,
-                 ["data.name=mnist", "workers.n=10", "workers.batch_size=32", "optimizer.lr=0.5"])
+    cfg = C.load(
+        "configs/mnist_mlp20.toml" if __import__("os").path.exists("configs/mnist_mlp20.toml") else None,
+        ["data.name=mnist", "workers.n=10", "workers.batch_size=32", "optimizer.lr=0.5"],
+    )
     sim = Simulator(cfg, dataset=mnist)
     assert sim.d == 784 * 20 + 20 + 20 * 10 + 10
     for _ in range(500):

@@ -59,8 +59,15 @@ def test_every_hostile_message_is_refused_before_it_hurts(links):
     layout = Layout(torch.float32, {Kind.GRAD: 200})
     inbox = Inbox()
     links[0].listen(1, TAG_GRAD, layout, inbox)
-    expected = {"long": "longer than any frame", "dtype": "float64 message on a float32 channel", "bytes": "uint8 message",
-                "garbage": "bad magic", "empty": "bad magic", "declared": "declares 2147483647 values", "good": "does not receive"}
+    expected = {
+        "long": "longer than any frame",
+        "dtype": "float64 message on a float32 channel",
+        "bytes": "uint8 message",
+        "garbage": "bad magic",
+        "empty": "bad magic",
+        "declared": "declares 2147483647 values",
+        "good": "does not receive",
+    }
     for name, tag in HOSTILE:
         links[1].send(0, tag, hostile_message(name, 4, 1, payload, torch.float32))
     for name, tag in HOSTILE:
@@ -135,8 +142,17 @@ def test_launch_binds_the_rendezvous_where_asked(tmp_path, monkeypatch):
 
 # -- a hostile rank in a real job ------------------------------------------------------------------
 
-JOB = ["data.name=digits", "model.name=logreg", "workers.n=4", "workers.byzantine=1", "attack.name=alie",
-       "aggregator.name=median", "train.rounds=60", "train.eval_every=20", "optimizer.lr=0.5"]
+JOB = [
+    "data.name=digits",
+    "model.name=logreg",
+    "workers.n=4",
+    "workers.byzantine=1",
+    "attack.name=alie",
+    "aggregator.name=median",
+    "train.rounds=60",
+    "train.eval_every=20",
+    "optimizer.lr=0.5",
+]
 
 
 def listening_addresses(pids: list[int]) -> list[str]:
@@ -156,7 +172,7 @@ def listening_addresses(pids: list[int]) -> list[str]:
             cols = line.split()
             if cols[3] == "0A" and cols[9] in inodes:  # LISTEN
                 raw = bytes.fromhex(cols[1].split(":")[0])
-                raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
                 out.append(socket.inet_ntop(family, raw))
     return out
 
@@ -169,8 +185,11 @@ def test_a_hostile_rank_changes_nothing_but_the_malformed_count(tmp_path):
     for _ in range(60):
         sim.step()
     out, result = tmp_path / "r", {}
-    t = threading.Thread(target=lambda: result.setdefault("code", launch(
-        None, None, JOB, str(out), quiet=True, rank0_log=True, grace=2.0, faults={hostile: "hostile@5"})))
+    t = threading.Thread(
+        target=lambda: result.setdefault(
+            "code", launch(None, None, JOB, str(out), quiet=True, rank0_log=True, grace=2.0, faults={hostile: "hostile@5"})
+        )
+    )
     t.start()
     end, addresses = time.monotonic() + 60, []
     while time.monotonic() < end and t.is_alive() and not addresses:
@@ -188,8 +207,15 @@ def test_a_hostile_rank_changes_nothing_but_the_malformed_count(tmp_path):
     theta = torch.load(out / "checkpoint.pt", weights_only=True)["simulator"]["theta"]
     torch.testing.assert_close(theta, sim.theta.detach(), atol=1e-5, rtol=0)
     log = (out / "distributed.log").read_text()
-    for reason in ("longer than any frame", "float64 message on a float32 channel", "uint8 message", "bad magic",
-                   "declares 2147483647", "which this process does not receive", "kind STOP is not expected"):
+    for reason in (
+        "longer than any frame",
+        "float64 message on a float32 channel",
+        "uint8 message",
+        "bad magic",
+        "declares 2147483647",
+        "which this process does not receive",
+        "kind STOP is not expected",
+    ):
         assert reason in log, reason
     for rank in range(5):
         text = (out / "logs" / f"rank{rank}.log").read_text()

@@ -15,8 +15,7 @@ from byzlearn.learned import CoordinatewiseRNN, learned_update, save_aggregator
 from byzlearn.learned.preprocess import MAX_RATIO, bound_rows
 from byzlearn.registry import ConfigError
 
-CARD = {"p": 10.0, "preprocess": "seed", "loss_scale": 10.0, "output": "gradient", "step_scale": 0.1, "probe_lr": 0.5,
-        "server_lr": 0.5}
+CARD = {"p": 10.0, "preprocess": "seed", "loss_scale": 10.0, "output": "gradient", "step_scale": 0.1, "probe_lr": 0.5, "server_lr": 0.5}
 
 
 def rand(n, d, seed, dtype=torch.float64):
@@ -138,9 +137,13 @@ def test_sums_near_the_float32_maximum_do_not_overflow():
     X = 1.5 + 0.4 * torch.rand(15, 8, generator=torch.Generator().manual_seed(7))  # in [1.5, 1.9]
     s = 2.0**127  # rows in [2.6e38, 3.2e38]: finite, any sum of two overflows
     G = (X * s).float()
-    for name, fn in {"mean": lambda G: F.mean(G), "trimmed_mean": lambda G: F.trimmed_mean(G, 3),
-                     "multi_krum": lambda G: F.multi_krum(G, 3), "bulyan": lambda G: F.bulyan(G, 3),
-                     "zeno": lambda G: F.zeno(G, 3, 1.0, torch.zeros(15), 0.0)}.items():
+    for name, fn in {
+        "mean": lambda G: F.mean(G),
+        "trimmed_mean": lambda G: F.trimmed_mean(G, 3),
+        "multi_krum": lambda G: F.multi_krum(G, 3),
+        "bulyan": lambda G: F.bulyan(G, 3),
+        "zeno": lambda G: F.zeno(G, 3, 1.0, torch.zeros(15), 0.0),
+    }.items():
         out = fn(G)
         assert torch.isfinite(out).all(), name
         torch.testing.assert_close(out.double() / s, fn(X.double()), rtol=1e-6, atol=0, msg=name)
@@ -158,8 +161,9 @@ def test_clipping_and_arc_clip_a_finite_row_whose_norm_overflows():
     assert torch.equal(a[1:], G[1:])
     h = F.static_clip(torch.full((3, 100_000), 1.0, dtype=torch.float16), 2.0)  # norm 316 < 65504, fine already
     big = F.static_clip(torch.full((3, 100), 1e4, dtype=torch.float16), 2.0)  # norm 1e5 > 65504
-    assert torch.isfinite(big).all() and torch.isclose(big.double().norm(dim=1), torch.full((3,), 2.0, dtype=torch.float64),
-                                                       rtol=1e-3).all()
+    assert (
+        torch.isfinite(big).all() and torch.isclose(big.double().norm(dim=1), torch.full((3,), 2.0, dtype=torch.float64), rtol=1e-3).all()
+    )
     assert torch.isclose(h.double().norm(dim=1), torch.full((3,), 2.0, dtype=torch.float64), rtol=1e-3).all()
 
 
@@ -222,12 +226,15 @@ def test_learned_aggregator_takes_low_precision_batches():
 
 
 # ---------------------------------------------------------------- item 8 (part): the functional API's input checks
-@pytest.mark.parametrize("bad,match", [
-    (torch.zeros(0, 3), "empty"),
-    (torch.zeros(3), r"Tensor\[n, d\]"),
-    (torch.zeros(3, 3, dtype=torch.long), "floating-point"),
-    ([[1.0, 2.0]], r"got a list"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (torch.zeros(0, 3), "empty"),
+        (torch.zeros(3), r"Tensor\[n, d\]"),
+        (torch.zeros(3, 3, dtype=torch.long), "floating-point"),
+        ([[1.0, 2.0]], r"got a list"),
+    ],
+)
 def test_mean_rejects_what_no_rule_accepts(bad, match):
     with pytest.raises(ValueError, match=match):
         F.mean(bad)

@@ -112,8 +112,15 @@ def test_quick_reproduction_writes_rows_with_the_required_keys(tmp_path):
     rows = quick_reproduction("l2a-fig7", out, ("rnn_lstm_m12", "set_rnn_lstm"))
     assert len(rows) == 4  # 3 methods on the heterogeneous workers + the homogeneous reference, 1 seed
     for r in rows:
-        assert {"method", "setting", "final_test_accuracy", "best_test_accuracy", "final_train_loss",
-                "seconds_per_round", "wall_time_s"} <= set(r)
+        assert {
+            "method",
+            "setting",
+            "final_test_accuracy",
+            "best_test_accuracy",
+            "final_train_loss",
+            "seconds_per_round",
+            "wall_time_s",
+        } <= set(r)
         assert {"data", "model", "workers", "byzantine", "system"} <= set(r["setting"])
         assert 0.0 <= r["final_test_accuracy"] <= r["best_test_accuracy"] <= 1.0
     het = [r for r in rows if r["setting"]["system"] == "heterogeneous"]

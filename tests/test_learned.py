@@ -150,9 +150,21 @@ def test_missing_folder_is_a_clear_error(tmp_path):
 
 
 # -- meta-training on the embedded digits data ------------------------------------------------------------
-TINY = ["task.data=digits", "task.workers=4", "task.steps=30", "task.unroll=10", "task.batch_size=16", "task.meta_batch=64",
-        "task.public_size=200", "task.server_lr=0.3", "meta.trajectories=12", "meta.validate_every=4", "meta.patience=0",
-        "meta.lr=0.01", "meta.threads=1"]
+TINY = [
+    "task.data=digits",
+    "task.workers=4",
+    "task.steps=30",
+    "task.unroll=10",
+    "task.batch_size=16",
+    "task.meta_batch=64",
+    "task.public_size=200",
+    "task.server_lr=0.3",
+    "meta.trajectories=12",
+    "meta.validate_every=4",
+    "meta.patience=0",
+    "meta.lr=0.01",
+    "meta.threads=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -175,9 +187,19 @@ def test_meta_training_lowers_the_meta_loss(tiny_arnn):
 
 def test_learned_aggregator_in_a_run_resumes_with_its_state(tiny_arnn, tmp_path):
     out, _ = tiny_arnn
-    over = ["workers.n=4", "workers.byzantine=1", "attack.name=sign_flip", "aggregator.name=learned",
-            f"aggregator.path={json.dumps(str(out))}", "data.public_size=200", "optimizer.lr=0.3",
-            "train.rounds=30", "train.eval_every=10", "train.checkpoint_every=10", "train.threads=1"]
+    over = [
+        "workers.n=4",
+        "workers.byzantine=1",
+        "attack.name=sign_flip",
+        "aggregator.name=learned",
+        f"aggregator.path={json.dumps(str(out))}",
+        "data.public_size=200",
+        "optimizer.lr=0.3",
+        "train.rounds=30",
+        "train.eval_every=10",
+        "train.checkpoint_every=10",
+        "train.threads=1",
+    ]
     cfg = C.load(None, over)
     full, a, b = run_full_and_resumed(cfg, tmp_path, stop_after=15)
     assert torch.equal(a["theta"], b["theta"])
@@ -296,8 +318,11 @@ def test_meta_training_can_start_from_a_trained_aggregator(tmp_path):
     history = json.loads((tmp_path / "b" / "history.json").read_text())
     assert history[0]["validation"] == pytest.approx(first["validation_score"], rel=1e-6)  # starts where a ended
     with pytest.raises(ConfigError, match="another shape"):
-        meta_train(load_config(None, base + ["aggregator.hidden=8", f"meta.init={json.dumps(str(tmp_path / 'a'))}"]),
-                   tmp_path / "c", progress=False)
+        meta_train(
+            load_config(None, base + ["aggregator.hidden=8", f"meta.init={json.dumps(str(tmp_path / 'a'))}"]),
+            tmp_path / "c",
+            progress=False,
+        )
 
 
 def test_input_clip_bounds_every_row_by_the_public_gradient_norm():

@@ -13,11 +13,7 @@ RAW = {
     "workers": {"n": 7},
     "optimizer": {"name": "sgd", "lr": 0.5},
     "train": {"rounds": 60, "eval_every": 30, "checkpoint_every": 60},
-    "matrix": {
-        "aggregators": ["mean", "median"],
-        "attacks": ["none", {"name": "gaussian", "std": 100.0}],
-        "byzantine": [0, 2],
-    },
+    "matrix": {"aggregators": ["mean", "median"], "attacks": ["none", {"name": "gaussian", "std": 100.0}], "byzantine": [0, 2]},
 }
 
 
@@ -25,9 +21,12 @@ def test_expand_cells():
     cells = M.expand(RAW)
     # f=0: one 'none' cell per rule; f=2: both attacks
     assert [(c.method, c.attack, c.setting["byzantine"]) for c in cells] == [
-        ("mean", "none", 0), ("median", "none", 0),
-        ("mean", "none", 2), ("median", "none", 2),
-        ("mean", "gaussian(std=100.0)", 2), ("median", "gaussian(std=100.0)", 2),
+        ("mean", "none", 0),
+        ("median", "none", 0),
+        ("mean", "none", 2),
+        ("median", "none", 2),
+        ("mean", "gaussian(std=100.0)", 2),
+        ("median", "gaussian(std=100.0)", 2),
     ]
     assert len({c.slug for c in cells}) == len(cells)
 
@@ -63,8 +62,10 @@ def test_run_matrix_writes_results_and_resumes(tmp_path, monkeypatch):
 
 def test_matrix_cli(tmp_path, capsys):
     cfg = tmp_path / "m.toml"
-    cfg.write_text('[workers]\nn = 5\n[train]\nrounds = 10\neval_every = 10\n'
-                   '[matrix]\naggregators = ["mean", "median"]\nbyzantine = [1]\nattacks = ["zero"]\n')
+    cfg.write_text(
+        "[workers]\nn = 5\n[train]\nrounds = 10\neval_every = 10\n"
+        '[matrix]\naggregators = ["mean", "median"]\nbyzantine = [1]\nattacks = ["zero"]\n'
+    )
     assert main(["matrix", str(cfg), "--out", str(tmp_path / "o"), "--quiet", "--set", "matrix.seeds=[0, 1]"]) == 0
     assert len(json.loads((tmp_path / "o" / "results.json").read_text())) == 4
     assert "median" in capsys.readouterr().out

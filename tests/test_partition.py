@@ -11,15 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from byzlearn.data import (
-    PARTITION_SCHEMES,
-    extreme_split,
-    gamma_similarity_split,
-    load_dataset,
-    pad_shards,
-    partition,
-    split_public,
-)
+from byzlearn.data import PARTITION_SCHEMES, extreme_split, gamma_similarity_split, load_dataset, pad_shards, partition, split_public
 from byzlearn.registry import ConfigError
 
 
@@ -198,7 +190,7 @@ def test_pad_shards():
     assert table.dtype == sizes.dtype == torch.int64
     assert table.shape == (4, 3) and sizes.tolist() == [3, 1, 0, 2]
     for row, s in zip(table, shards):
-        assert torch.equal(row[: len(s)], s) and not row[len(s):].any()
+        assert torch.equal(row[: len(s)], s) and not row[len(s) :].any()
 
 
 def test_pad_shards_of_a_partition(labels):
@@ -220,7 +212,10 @@ def test_byzfl_worked_example():
     # random.seed(0); shuffle(range(6)) = [4, 2, 1, 0, 5, 3], cut in pairs, then [6, 7], [8, 9], [10, 11]
     assert [s.tolist() for s in shards] == [[4, 2, 6, 7], [1, 0, 8, 9], [5, 3, 10, 11]]
     assert [s.tolist() for s in gamma_similarity_split(TWELVE, torch.arange(12), 3, 0.0, random.Random(0))] == [
-        [0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+        [0, 1, 2, 3],
+        [4, 5, 6, 7],
+        [8, 9, 10, 11],
+    ]
 
 
 def _byzfl_reference(labels, order, h, gamma, seed):

@@ -11,6 +11,7 @@ Deterministic (``derandomize``), bounded example counts.
 """
 
 import math
+import os
 from dataclasses import dataclass
 
 import pytest
@@ -24,22 +25,33 @@ from byzlearn.learned import CoordinatewiseRNN, save_aggregator
 from byzlearn.learned.preprocess import MAX_RATIO
 from byzlearn.registry import ConfigError
 
-SETTINGS = settings(derandomize=True, max_examples=40, deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+# 40 examples per rule in CI; BYZLEARN_PROPERTY_EXAMPLES=N for a longer search (README, "Reliability")
+SETTINGS = settings(
+    derandomize=True,
+    max_examples=int(os.environ.get("BYZLEARN_PROPERTY_EXAMPLES", "40")),
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 FAR = ["nan_row", "nan_entry", "inf", "-inf", "big", "max", "huge_norm", "far"]  # far from honest rows of scale 1
 HOSTILE = FAR + ["denormal", "copy"]
 
 # entries that cannot run on a plain gradient batch, and the words their refusal must contain
-SKIPPED = {
-    "draco_repetition": "runs only in the DRACO engine",
-    "draco_cyclic": "runs only in the DRACO engine",
-}
+SKIPPED = {"draco_repetition": "runs only in the DRACO engine", "draco_cyclic": "runs only in the DRACO engine"}
 # family of each known rule (an unknown, newer rule gets "finite")
 FAMILY = {
-    "mean": "mean", "median": "coordinatewise", "trimmed_mean": "coordinatewise", "krum": "krum",
-    "multi_krum": "average", "mda": "average", "bulyan": "average", "geometric_median": "geometric_median",
-    "centered_clipping": "centered_clipping", "zeno": "average", "learned": "learned",
+    "mean": "mean",
+    "median": "coordinatewise",
+    "trimmed_mean": "coordinatewise",
+    "krum": "krum",
+    "multi_krum": "average",
+    "mda": "average",
+    "bulyan": "average",
+    "geometric_median": "geometric_median",
+    "centered_clipping": "centered_clipping",
+    "zeno": "average",
+    "learned": "learned",
 }
 RULES = sorted(set(AGGREGATORS.names()) - set(SKIPPED))
 PRES = sorted(PREAGGREGATORS.names())
@@ -63,8 +75,17 @@ def public_loss(P: torch.Tensor) -> torch.Tensor:
 def learned_paths(tmp_path_factory):
     """Untrained aggregators of both encoders (the paper's RNN, our set-ARNN) saved as ``byzlearn meta-train`` does."""
     root = tmp_path_factory.mktemp("learned")
-    card = {"method": "learned", "p": 10.0, "preprocess": "seed", "loss_scale": 10.0, "output": "gradient",
-            "step_scale": 0.1, "probe_lr": 0.5, "server_lr": 0.5, "probe": "step"}
+    card = {
+        "method": "learned",
+        "p": 10.0,
+        "preprocess": "seed",
+        "loss_scale": 10.0,
+        "output": "gradient",
+        "step_scale": 0.1,
+        "probe_lr": 0.5,
+        "server_lr": 0.5,
+        "probe": "step",
+    }
     torch.manual_seed(0)
     save_aggregator(CoordinatewiseRNN(workers=24), card, root / "rnn")
     save_aggregator(CoordinatewiseRNN(encoder="set", loss_info=True), {**card, "preprocess": "floor"}, root / "set_arnn")
@@ -144,21 +165,26 @@ def batch(n_of, dtype, d, f, extra, scale, kinds, hostile_first, seed) -> Batch:
     # honest scales: ordinary ones, and ones whose squares overflow or underflow the dtype
     scale = {"1": 1.0, "1e-3": 1e-3, "1e2": 1e2, "sqrt(max)/4": math.sqrt(info.max) / 4, "sqrt(tiny)": math.sqrt(info.tiny)}[scale]
     g = torch.Generator().manual_seed(seed)
-    honest = (min(scale, 1.0) * 5.0 * (seed % 2) + scale * torch.randn(n - len(kinds), d, generator=g, dtype=torch.float64))
+    honest = min(scale, 1.0) * 5.0 * (seed % 2) + scale * torch.randn(n - len(kinds), d, generator=g, dtype=torch.float64)
     honest = honest.to(dtype)
     bad = [hostile_row(k, d, dtype, honest, g) for k in kinds]
     rows = list(honest) + bad
     order = torch.arange(n).roll(len(kinds)) if hostile_first else torch.randperm(n, generator=g)
     G = torch.stack([rows[i] for i in order.tolist()])
-    ctx = AggregationContext(params=torch.zeros(d, dtype=dtype), lr=0.1, public_loss=public_loss,
-                             generator=torch.Generator().manual_seed(1))
+    ctx = AggregationContext(
+        params=torch.zeros(d, dtype=dtype), lr=0.1, public_loss=public_loss, generator=torch.Generator().manual_seed(1)
+    )
     return Batch(G, honest, bad, kinds, f, ctx)
 
 
 BATCHES = given(
-    dtype=st.sampled_from(DTYPES), d=st.sampled_from([1, 2, 3, 17, 256, 10_000]), f=st.sampled_from([0, 1, 2, 2, 3, 3]),
-    extra=st.integers(0, 3), scale=st.sampled_from(["1", "1e-3", "1e2", "sqrt(max)/4", "sqrt(max)/4", "sqrt(tiny)"]),
-    kinds=st.lists(st.sampled_from(HOSTILE), min_size=3, max_size=3), hostile_first=st.booleans(),
+    dtype=st.sampled_from(DTYPES),
+    d=st.sampled_from([1, 2, 3, 17, 256, 10_000]),
+    f=st.sampled_from([0, 1, 2, 2, 3, 3]),
+    extra=st.integers(0, 3),
+    scale=st.sampled_from(["1", "1e-3", "1e2", "sqrt(max)/4", "sqrt(max)/4", "sqrt(tiny)"]),
+    kinds=st.lists(st.sampled_from(HOSTILE), min_size=3, max_size=3),
+    hostile_first=st.booleans(),
     seed=st.integers(0, 2**31 - 1),
 )
 

@@ -24,6 +24,7 @@ def sim_of(overrides, digits):
 
 # -- worker momentum -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("form, expected", [("ema", [0.1, 0.19, 0.271]), ("sum", [1.0, 1.9, 2.71])])
 def test_momentum_forms_on_the_spec_example(form, expected):
     m = Momentum(n=2, d=3, beta=0.9, form=form)
@@ -51,8 +52,18 @@ def test_workers_send_the_recursion_of_their_gradients(form, digits):
 
 
 def test_omniscient_attacks_see_the_honest_momenta(digits):
-    sim = sim_of(["optimizer.lr=0.0", "workers.momentum=0.9", "workers.byzantine=3", "attack.name=sign_flip",
-                  "attack.reference=mean", "attack.scale=2.0", "aggregator.name=median"], digits)
+    sim = sim_of(
+        [
+            "optimizer.lr=0.0",
+            "workers.momentum=0.9",
+            "workers.byzantine=3",
+            "attack.name=sign_flip",
+            "attack.reference=mean",
+            "attack.scale=2.0",
+            "aggregator.name=median",
+        ],
+        digits,
+    )
     for _ in range(3):
         G, _ = sim.gradient_batch()
         sim.round += 1
@@ -89,6 +100,7 @@ def test_draco_momentum_after_decoding_equals_worker_momentum(digits):
 
 # -- robust FedAvg ---------------------------------------------------------------------------------
 
+
 def test_fedavg_one_local_step_is_dsgd_on_the_mean(digits):
     fed = sim_of(["train.algorithm=fedavg", "fedavg.local_steps=1", "fedavg.local_lr=0.3", "optimizer.lr=1.0"], digits)
     dsgd = sim_of(["optimizer.lr=0.3"], digits)
@@ -121,8 +133,9 @@ def test_local_sgd_batched_equals_a_loop_over_clients(digits):
 
 
 def test_fedavg_client_sampling_counts(digits):
-    sim = sim_of(["train.algorithm=fedavg", "fedavg.fraction=0.5", "workers.byzantine=3", "aggregator.name=median",
-                  "aggregator.f=2"], digits)
+    sim = sim_of(
+        ["train.algorithm=fedavg", "fedavg.fraction=0.5", "workers.byzantine=3", "aggregator.name=median", "aggregator.f=2"], digits
+    )
     rounds, seen, byz_counts = 400, torch.zeros(10), []
     for r in range(rounds):
         sim.round = r
@@ -148,8 +161,18 @@ def test_fedavg_weights_mode_replaces_the_model(digits):
 
 
 def test_fedavg_attacks_forge_updates_of_the_sampled_byzantine_clients(digits):
-    sim = sim_of(["train.algorithm=fedavg", "fedavg.fraction=0.6", "workers.byzantine=3", "attack.name=sign_flip",
-                  "attack.reference=mean", "aggregator.name=median", "aggregator.f=2"], digits)
+    sim = sim_of(
+        [
+            "train.algorithm=fedavg",
+            "fedavg.fraction=0.6",
+            "workers.byzantine=3",
+            "attack.name=sign_flip",
+            "attack.reference=mean",
+            "aggregator.name=median",
+            "aggregator.f=2",
+        ],
+        digits,
+    )
     for r in range(10):
         sim.round = r
         draw = sim.draw()
@@ -161,6 +184,7 @@ def test_fedavg_attacks_forge_updates_of_the_sampled_byzantine_clients(digits):
 
 
 # -- data splits -----------------------------------------------------------------------------------
+
 
 def test_honest_shards_partition_the_training_set_and_validation_is_held_out(digits):
     sim = sim_of(["workers.byzantine=3", "data.shards=honest", "data.validation_size=300", "data.public_size=100"], digits)
@@ -188,12 +212,22 @@ def test_validation_metrics_are_written(tmp_path, digits):
 
 # -- resume, refusals, the attack contract ---------------------------------------------------------
 
-@pytest.mark.parametrize("extra", [
-    ["workers.momentum=0.9", "workers.byzantine=3", "attack.name=alie", "aggregator.name=trimmed_mean"],
-    ["workers.momentum=0.5", "workers.momentum_form=sum", "workers.byzantine=2", "attack.name=label_flip", "aggregator.name=median"],
-    ["train.algorithm=fedavg", "fedavg.local_steps=2", "fedavg.fraction=0.7", "workers.byzantine=2", "attack.name=ipm",
-     "aggregator.name=median"],
-])
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["workers.momentum=0.9", "workers.byzantine=3", "attack.name=alie", "aggregator.name=trimmed_mean"],
+        ["workers.momentum=0.5", "workers.momentum_form=sum", "workers.byzantine=2", "attack.name=label_flip", "aggregator.name=median"],
+        [
+            "train.algorithm=fedavg",
+            "fedavg.local_steps=2",
+            "fedavg.fraction=0.7",
+            "workers.byzantine=2",
+            "attack.name=ipm",
+            "aggregator.name=median",
+        ],
+    ],
+)
 def test_resume_is_bit_identical(extra, tmp_path):
     cfg = C.load(None, BASE + ["train.rounds=30", "train.checkpoint_every=10"] + extra)
     _, full, cut = run_full_and_resumed(cfg, tmp_path, stop_after=13)
@@ -202,16 +236,19 @@ def test_resume_is_bit_identical(extra, tmp_path):
         assert torch.equal(full["momentum"]["buffer"], cut["momentum"]["buffer"])
 
 
-@pytest.mark.parametrize("override, words", [
-    (["workers.momentum=1.0"], ["workers.momentum", "[0, 1)"]),
-    (["workers.momentum=-0.1"], ["workers.momentum"]),
-    (["train.algorithm=fedavg", "workers.momentum=0.9"], ["workers.momentum", "dsgd"]),
-    (["train.algorithm=fedavg", "fedavg.fraction=0.0"], ["fedavg.fraction", "(0, 1]"]),
-    (["train.algorithm=fedavg", "fedavg.local_steps=0"], ["fedavg.local_steps"]),
-    (["train.algorithm=fedavg", "aggregator.name=draco_repetition", "workers.n=9"], ["DRACO", "dsgd"]),
-    (["data.shards=honest", "workers.byzantine_set=redraw", "workers.byzantine=1"], ["data.shards", "fixed"]),
-    (["train.algorithm=fedavg", "fedavg.fraction=0.3", "workers.byzantine=3", "aggregator.name=krum"], ["krum", "n=3"]),
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        (["workers.momentum=1.0"], ["workers.momentum", "[0, 1)"]),
+        (["workers.momentum=-0.1"], ["workers.momentum"]),
+        (["train.algorithm=fedavg", "workers.momentum=0.9"], ["workers.momentum", "dsgd"]),
+        (["train.algorithm=fedavg", "fedavg.fraction=0.0"], ["fedavg.fraction", "(0, 1]"]),
+        (["train.algorithm=fedavg", "fedavg.local_steps=0"], ["fedavg.local_steps"]),
+        (["train.algorithm=fedavg", "aggregator.name=draco_repetition", "workers.n=9"], ["DRACO", "dsgd"]),
+        (["data.shards=honest", "workers.byzantine_set=redraw", "workers.byzantine=1"], ["data.shards", "fixed"]),
+        (["train.algorithm=fedavg", "fedavg.fraction=0.3", "workers.byzantine=3", "aggregator.name=krum"], ["krum", "n=3"]),
+    ],
+)
 def test_bad_protocol_settings_are_refused(override, words, digits):
     with pytest.raises(ConfigError) as e:
         make_simulator(C.load(None, BASE + override), digits)
@@ -240,15 +277,21 @@ def test_a_bad_attack_fails_the_same_way_in_every_engine(digits):
         sim_of(byz + ["aggregator.name=median"], digits),
         sim_of(byz + ["aggregator.name=median", "workers.momentum=0.9"], digits),
         sim_of(byz + ["aggregator.name=median", "train.algorithm=fedavg"], digits),
-        sim_of(["workers.n=13", "workers.byzantine=3", "attack.name=sign_flip", "aggregator.name=draco_repetition",
-                "aggregator.s=3"], digits),
+        sim_of(
+            ["workers.n=13", "workers.byzantine=3", "attack.name=sign_flip", "aggregator.name=draco_repetition", "aggregator.s=3"], digits
+        ),
         NoisySimulator(C.load(None, BASE + byz + ["aggregator.name=median"]), digits, noise_scale=0.01),
     ]
     for sim in engines:
         sim.attack = TooManyRows()
         _expect_contract_error(sim.step)
-    cfg = from_sections({"task": {"data": "digits", "public_size": 100, "steps": 4, "unroll": 2}, "aggregator": {"encoder": "set"},
-                         "byzantine": {"counts": [3], "attacks": [{"name": "sign_flip", "reference": "mean"}]}})
+    cfg = from_sections(
+        {
+            "task": {"data": "digits", "public_size": 100, "steps": 4, "unroll": 2},
+            "aggregator": {"encoder": "set"},
+            "byzantine": {"counts": [3], "attacks": [{"name": "sign_flip", "reference": "mean"}]},
+        }
+    )
     traj = Trajectory(cfg, build_network(cfg), run_config(cfg, 3, {"name": "sign_flip", "reference": "mean"}, 0), digits)
     traj.sim.attack = TooManyRows()
     _expect_contract_error(traj.step)
@@ -257,16 +300,21 @@ def test_a_bad_attack_fails_the_same_way_in_every_engine(digits):
 def test_the_attack_contract_is_checked_in_one_place():
     """Only engine.round.forge calls an attack's forge (the distributed coalition's leader goes through it too)."""
     src = Path(__file__).resolve().parents[1] / "src" / "byzlearn"
-    callers = sorted(str(p.relative_to(src)) for p in src.rglob("*.py")
-                     if "attack.forge(" in p.read_text() and not p.parts[-2] == "attacks")
+    callers = sorted(
+        str(p.relative_to(src)) for p in src.rglob("*.py") if "attack.forge(" in p.read_text() and not p.parts[-2] == "attacks"
+    )
     assert callers == ["engine/round.py"], callers
 
 
 def test_matrix_momentum_and_honest_keys_expand_cells():
     from byzlearn.experiments import matrix as M
 
-    raw = {"data": {"name": "digits"}, "workers": {"n": 10}, "train": {"rounds": 2},
-           "matrix": {"byzantine": [1, 3], "honest": 7, "momentum": [0.0, 0.9], "aggregators": ["median"], "attacks": ["alie"]}}
+    raw = {
+        "data": {"name": "digits"},
+        "workers": {"n": 10},
+        "train": {"rounds": 2},
+        "matrix": {"byzantine": [1, 3], "honest": 7, "momentum": [0.0, 0.9], "aggregators": ["median"], "attacks": ["alie"]},
+    }
     cells = M.expand(raw)
     assert len(cells) == 4
     for c in cells:

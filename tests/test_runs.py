@@ -15,8 +15,15 @@ from byzlearn import config as C
 from byzlearn.cli import main
 from byzlearn.experiments.runner import Run
 
-QUICK = ["workers.n=6", "workers.byzantine=1", "train.rounds=40", "train.eval_every=10", "train.checkpoint_every=15",
-         "optimizer.name=momentum", "optimizer.lr=0.2"]
+QUICK = [
+    "workers.n=6",
+    "workers.byzantine=1",
+    "train.rounds=40",
+    "train.eval_every=10",
+    "train.checkpoint_every=15",
+    "optimizer.name=momentum",
+    "optimizer.lr=0.2",
+]
 
 
 def final_theta(out: Path) -> torch.Tensor:

@@ -15,14 +15,20 @@ from byzlearn.registry import ConfigError
 # validation / test accuracy at rounds 0, 5, 10, per (lr, attack, seed)
 VAL = {
     # lr 0.1: attack zero is easy, sign_flip hard: worst case 0.5 (max of the seed mean, not the mean of maxes 0.8)
-    (0.1, "zero", 0): [0.1, 0.9, 0.9], (0.1, "zero", 1): [0.1, 0.9, 0.9],
-    (0.1, "sign_flip", 0): [0.2, 0.8, 0.4], (0.1, "sign_flip", 1): [0.8, 0.2, 0.4],
+    (0.1, "zero", 0): [0.1, 0.9, 0.9],
+    (0.1, "zero", 1): [0.1, 0.9, 0.9],
+    (0.1, "sign_flip", 0): [0.2, 0.8, 0.4],
+    (0.1, "sign_flip", 1): [0.8, 0.2, 0.4],
     # lr 0.2: worst case 0.6 (zero reaches 0.7, sign_flip 0.6 at round 10)
-    (0.2, "zero", 0): [0.1, 0.7, 0.7], (0.2, "zero", 1): [0.1, 0.7, 0.7],
-    (0.2, "sign_flip", 0): [0.1, 0.5, 0.6], (0.2, "sign_flip", 1): [0.1, 0.5, 0.6],
+    (0.2, "zero", 0): [0.1, 0.7, 0.7],
+    (0.2, "zero", 1): [0.1, 0.7, 0.7],
+    (0.2, "sign_flip", 0): [0.1, 0.5, 0.6],
+    (0.2, "sign_flip", 1): [0.1, 0.5, 0.6],
     # lr 0.3: worst case also 0.6: a tie, the earlier combination (0.2) wins
-    (0.3, "zero", 0): [0.1, 0.6, 0.6], (0.3, "zero", 1): [0.1, 0.6, 0.6],
-    (0.3, "sign_flip", 0): [0.1, 0.6, 0.3], (0.3, "sign_flip", 1): [0.1, 0.6, 0.3],
+    (0.3, "zero", 0): [0.1, 0.6, 0.6],
+    (0.3, "zero", 1): [0.1, 0.6, 0.6],
+    (0.3, "sign_flip", 0): [0.1, 0.6, 0.3],
+    (0.3, "sign_flip", 1): [0.1, 0.6, 0.3],
 }
 
 
@@ -36,8 +42,18 @@ def fake_run_cell(raw, out, threads, test=fake_test):
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     val, te = VAL[(lr, attack, seed)], test(lr, attack, seed)
-    rows = [{"round": r, "train_loss": 1.0, "test_loss": 1.0, "test_accuracy": t, "validation_loss": 1.0,
-             "validation_accuracy": v, "wall_time": 0.0} for r, v, t in zip((0, 5, 10), val, te)]
+    rows = [
+        {
+            "round": r,
+            "train_loss": 1.0,
+            "test_loss": 1.0,
+            "test_accuracy": t,
+            "validation_loss": 1.0,
+            "validation_accuracy": v,
+            "wall_time": 0.0,
+        }
+        for r, v, t in zip((0, 5, 10), val, te)
+    ]
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (out / "summary.json").write_text(json.dumps({"final_test_accuracy": te[-1], "best_test_accuracy": max(te), "wall_time": 0.5}))
     return {}
@@ -53,23 +69,36 @@ FAKE = {
 
 
 def test_grid_order_and_base_values():
-    raw = {**FAKE, "optimizer": {"name": "sgd", "lr": 0.5, "weight_decay": 1e-3},
-           "tune": {"weight_decay": [0.0, 1e-4], "lr": [0.1, 0.2], "momentum": [0.0, 0.9]}}
+    raw = {
+        **FAKE,
+        "optimizer": {"name": "sgd", "lr": 0.5, "weight_decay": 1e-3},
+        "tune": {"weight_decay": [0.0, 1e-4], "lr": [0.1, 0.2], "momentum": [0.0, 0.9]},
+    }
     combos = T.grid(raw)
     assert [(c["lr"], c["momentum"], c["weight_decay"]) for c in combos] == [
-        (0.1, 0.0, 0.0), (0.1, 0.0, 1e-4), (0.1, 0.9, 0.0), (0.1, 0.9, 1e-4),
-        (0.2, 0.0, 0.0), (0.2, 0.0, 1e-4), (0.2, 0.9, 0.0), (0.2, 0.9, 1e-4)]  # lr x momentum x weight_decay
+        (0.1, 0.0, 0.0),
+        (0.1, 0.0, 1e-4),
+        (0.1, 0.9, 0.0),
+        (0.1, 0.9, 1e-4),
+        (0.2, 0.0, 0.0),
+        (0.2, 0.0, 1e-4),
+        (0.2, 0.9, 0.0),
+        (0.2, 0.9, 1e-4),
+    ]  # lr x momentum x weight_decay
     base = T.grid({**raw, "workers": {"n": 7, "momentum": 0.5}, "tune": {}})
     assert base == [{"lr": 0.5, "momentum": 0.5, "weight_decay": 1e-3}]
     assert T.grid({**FAKE, "tune": {}}) == [{"lr": 0.1, "momentum": 0.0, "weight_decay": 0.0}]  # the defaults
 
 
-@pytest.mark.parametrize("tune, match", [
-    ({"learning_rate": [0.1]}, "tune.learning_rate.*allowed: lr, momentum, weight_decay"),
-    ({"lr": 0.1}, "tune.lr.*non-empty list"),
-    ({"lr": []}, "tune.lr.*non-empty list"),
-    ({"momentum": [0.9, 0.9]}, "tune.momentum.*twice"),
-])
+@pytest.mark.parametrize(
+    "tune, match",
+    [
+        ({"learning_rate": [0.1]}, "tune.learning_rate.*allowed: lr, momentum, weight_decay"),
+        ({"lr": 0.1}, "tune.lr.*non-empty list"),
+        ({"lr": []}, "tune.lr.*non-empty list"),
+        ({"momentum": [0.9, 0.9]}, "tune.momentum.*twice"),
+    ],
+)
 def test_bad_tune_sections(tune, match):
     with pytest.raises(ConfigError, match=match):
         T.grid({**FAKE, "tune": tune})
@@ -107,8 +136,7 @@ def test_test_accuracy_never_changes_the_choice(tmp_path, monkeypatch):
     chosen = []
     for k in range(3):
         noise = {key: rng.uniform(0, 1, 3).tolist() for key in VAL}
-        monkeypatch.setattr(M, "_run_cell", lambda raw, out, th, n=noise: fake_run_cell(
-            raw, out, th, test=lambda lr, a, s: n[(lr, a, s)]))
+        monkeypatch.setattr(M, "_run_cell", lambda raw, out, th, n=noise: fake_run_cell(raw, out, th, test=lambda lr, a, s: n[(lr, a, s)]))
         r = T.run_tune(FAKE, tmp_path / f"t{k}", progress=False)[0]
         chosen.append((r["chosen"], r["worst_case_validation_accuracy"], r["grid_worst_case_validation_accuracy"]))
     assert all(c == chosen[0] for c in chosen)
@@ -183,7 +211,7 @@ def test_real_runs_choose_by_hand_computation_and_resume(tmp_path, monkeypatch, 
         assert r["worst_case_test_accuracy"] == pytest.approx(worst_test)
         assert 0 <= r["worst_case_test_accuracy"] <= 1
     assert 1.0 in {r["chosen"]["lr"] for r in rows}  # not always the first combination (f=1: ~0.3-0.46 vs ~0.2 on validation)
-    assert 'lr = 0.2' in (out / "cells" / "lr0.2_mom0.0_wd0.0" / "median__sign_flip__f1__extreme__seed0" / "config.toml").read_text()
+    assert "lr = 0.2" in (out / "cells" / "lr0.2_mom0.0_wd0.0" / "median__sign_flip__f1__extreme__seed0" / "config.toml").read_text()
     by_het = {(r["setting"]["byzantine"], r["setting"]["heterogeneity"]) for r in rows}
     assert by_het == {(1, "gamma0.5"), (2, "gamma0.5"), (1, "extreme"), (2, "extreme")}
     for name in ["heatmap_median.png", "heatmap_best.png", "results.md"]:

@@ -17,9 +17,23 @@ from byzlearn.registry import ConfigError
 from conftest import run_full_and_resumed
 
 # a few meta-training trajectories on digits (seconds): the networks only need to be non-trivial
-TINY = ["task.data=digits", "task.workers=4", "task.steps=30", "task.unroll=10", "task.batch_size=16", "task.meta_batch=64",
-        "task.public_size=200", "task.server_lr=0.3", "meta.trajectories=4", "meta.validate_every=4", "meta.patience=0",
-        "meta.lr=0.01", "meta.threads=1", "byzantine.counts=[0, 1]", 'byzantine.attacks=["sign_flip"]']
+TINY = [
+    "task.data=digits",
+    "task.workers=4",
+    "task.steps=30",
+    "task.unroll=10",
+    "task.batch_size=16",
+    "task.meta_batch=64",
+    "task.public_size=200",
+    "task.server_lr=0.3",
+    "meta.trajectories=4",
+    "meta.validate_every=4",
+    "meta.patience=0",
+    "meta.lr=0.01",
+    "meta.threads=1",
+    "byzantine.counts=[0, 1]",
+    'byzantine.attacks=["sign_flip"]',
+]
 VARIANTS = {
     "rnn_lstm": [],
     "arnn_lstm": ["aggregator.loss_info=true"],
@@ -38,9 +52,19 @@ def trained(tmp_path_factory):
 
 
 def run_overrides(path, attack=(), aggregator="learned", extra=()):
-    return ["data.name=digits", "workers.n=4", "workers.byzantine=1", "attack.name=learned_whitebox", f"aggregator.name={aggregator}",
-            *([f"aggregator.path={json.dumps(str(path))}"] if aggregator == "learned" else []), "data.public_size=200",
-            "optimizer.lr=0.3", "train.threads=1", *[f"attack.{k}={json.dumps(v)}" for k, v in dict(attack).items()], *extra]
+    return [
+        "data.name=digits",
+        "workers.n=4",
+        "workers.byzantine=1",
+        "attack.name=learned_whitebox",
+        f"aggregator.name={aggregator}",
+        *([f"aggregator.path={json.dumps(str(path))}"] if aggregator == "learned" else []),
+        "data.public_size=200",
+        "optimizer.lr=0.3",
+        "train.threads=1",
+        *[f"attack.{k}={json.dumps(v)}" for k, v in dict(attack).items()],
+        *extra,
+    ]
 
 
 def round_context(path, attack=(), rounds=4, pre=None):
@@ -137,8 +161,7 @@ def test_through_a_chain_of_pre_aggregators(trained):
 
 
 def test_run_completes_and_resumes(trained, tmp_path):
-    over = run_overrides(trained / "arnn_lstm", {"steps": 3}, extra=["train.rounds=12", "train.eval_every=4",
-                                                                     "train.checkpoint_every=5"])
+    over = run_overrides(trained / "arnn_lstm", {"steps": 3}, extra=["train.rounds=12", "train.eval_every=4", "train.checkpoint_every=5"])
     cfg = C.load(None, over)
     full, a, b = run_full_and_resumed(cfg, tmp_path, stop_after=7)
     assert full["rounds"] == 12

@@ -27,8 +27,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.engine == "distributed":  # one process of a torchrun / byzlearn launch job; ends the process
         from .distributed import runtime
 
-        runtime.main({"config": args.config, "overrides": args.set, "out": args.out, "resume": args.resume,
-                      "data_dir": args.data_dir, "device": args.device, "quiet": args.quiet})
+        runtime.main(
+            {
+                "config": args.config,
+                "overrides": args.set,
+                "out": args.out,
+                "resume": args.resume,
+                "data_dir": args.data_dir,
+                "device": args.device,
+                "quiet": args.quiet,
+            }
+        )
     if args.resume:
         if args.config or args.set:
             raise ConfigError("--resume DIR continues a run with its saved config; do not pass CONFIG or --set with it")
@@ -63,9 +72,11 @@ def _finished(folder: str) -> bool:
 
     summary = finished(folder)
     if summary is not None:
-        print(f"run folder {folder} is finished ({summary['rounds']} rounds, final test accuracy "
-              f"{100 * summary['final_test_accuracy']:.2f}%): nothing to resume, nothing changed; to train longer, start a "
-              f"new run from its config.toml with a larger train.rounds")
+        print(
+            f"run folder {folder} is finished ({summary['rounds']} rounds, final test accuracy "
+            f"{100 * summary['final_test_accuracy']:.2f}%): nothing to resume, nothing changed; to train longer, start a "
+            f"new run from its config.toml with a larger train.rounds"
+        )
     return summary is not None
 
 
@@ -93,8 +104,18 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         if args.out:
             check_new(Path(args.out))
         preflight([(cfg, None)])  # data and shards too, before N processes start
-    return launch(args.nprocs, args.config, list(args.set or []), args.out, resume=args.resume, data_dir=args.data_dir,
-                  device=args.device, quiet=args.quiet, max_restarts=args.max_restarts, master_addr=args.master_addr)
+    return launch(
+        args.nprocs,
+        args.config,
+        list(args.set or []),
+        args.out,
+        resume=args.resume,
+        data_dir=args.data_dir,
+        device=args.device,
+        quiet=args.quiet,
+        max_restarts=args.max_restarts,
+        master_addr=args.master_addr,
+    )
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -192,14 +213,20 @@ def _cmd_meta_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     check_folder(args.out)
     if args.resume and not (Path(args.out) / CHECKPOINT).exists():
-        raise ConfigError(f"--resume: {str(Path(args.out) / CHECKPOINT)!r} does not exist (meta-training writes it at every "
-                          "validation); drop --resume to start, or give the --out of a meta-training that ran")
+        raise ConfigError(
+            f"--resume: {str(Path(args.out) / CHECKPOINT)!r} does not exist (meta-training writes it at every "
+            "validation); drop --resume to start, or give the --out of a meta-training that ran"
+        )
     card = meta_train(cfg, args.out, progress=False if args.quiet else None, resume=args.resume)
-    print(f"{card['method']}: best validation score {card['validation_score']:.4f} (trajectory {card['best_trajectory']} of "
-          f"{card['trajectories_run']}), {card['meta_steps']} meta-steps in {card['wall_time']:.0f} s "
-          f"({card['meta_steps_per_second']:.2f} steps/s)")
-    print(f"saved: {Path(args.out) / 'aggregator.safetensors'}, card.json, meta_loss.png; use it with "
-          f"--set aggregator.name=learned --set aggregator.path={json.dumps(str(args.out))}")
+    print(
+        f"{card['method']}: best validation score {card['validation_score']:.4f} (trajectory {card['best_trajectory']} of "
+        f"{card['trajectories_run']}), {card['meta_steps']} meta-steps in {card['wall_time']:.0f} s "
+        f"({card['meta_steps_per_second']:.2f} steps/s)"
+    )
+    print(
+        f"saved: {Path(args.out) / 'aggregator.safetensors'}, card.json, meta_loss.png; use it with "
+        f"--set aggregator.name=learned --set aggregator.path={json.dumps(str(args.out))}"
+    )
     return 0
 
 
@@ -215,8 +242,10 @@ def _cmd_meta_validate(args: argparse.Namespace) -> int:
             raise ConfigError(f"--json {args.json!r} is a folder; give a file name, e.g. {Path(args.json) / 'scores.json'}")
         check_folder(Path(args.json).parent, "--json's folder")
     res = meta_validate(args.folder, overrides)
-    print(f"{res['method']} ({args.folder}), {res['steps']}-round validation trajectories, input_clip = "
-          f"{str(res['input_clip']).lower()}: score {res['score']:.4f} (mean capped training loss; lower is better)")
+    print(
+        f"{res['method']} ({args.folder}), {res['steps']}-round validation trajectories, input_clip = "
+        f"{str(res['input_clip']).lower()}: score {res['score']:.4f} (mean capped training loss; lower is better)"
+    )
     for setting, score in res["settings"].items():
         print(f"  {setting:<24} {score:.4f}")
     if args.json:
@@ -249,110 +278,36 @@ def _check_matrix(raw: dict) -> None:
     m = raw.get("matrix", {})
     for key in MATRIX_LISTS:
         if key in m and (not isinstance(m[key], list) or not m[key]):
-            raise ConfigError(f"matrix.{key} = {m[key]!r} must be a non-empty list, e.g. matrix.{key} = "
-                              + {"byzantine": "[0, 3]", "seeds": "[0, 1]", "data": '[{partition = "iid"}]'}.get(key, '["mean"]'))
+            raise ConfigError(
+                f"matrix.{key} = {m[key]!r} must be a non-empty list, e.g. matrix.{key} = "
+                + {"byzantine": "[0, 3]", "seeds": "[0, 1]", "data": '[{partition = "iid"}]'}.get(key, '["mean"]')
+            )
     for key in ("byzantine", "seeds"):
         for v in m.get(key, []):
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ConfigError(f"matrix.{key} = {m[key]!r}: each entry must be an integer >= 0")
     for v in m.get("data", []):
         if not isinstance(v, dict):
-            raise ConfigError(f"matrix.data = {m['data']!r}: each entry must be a table of data keys, e.g. {{partition = \"iid\"}}")
+            raise ConfigError(f'matrix.data = {m["data"]!r}: each entry must be a table of data keys, e.g. {{partition = "iid"}}')
+
+
+COMMANDS = {
+    "run": _cmd_run,
+    "launch": _cmd_launch,
+    "list": _cmd_list,
+    "matrix": _cmd_matrix,
+    "tune": _cmd_tune,
+    "reproduce": _cmd_reproduce,
+    "meta-train": _cmd_meta_train,
+    "meta-validate": _cmd_meta_validate,
+    "demo": _cmd_demo,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="byzlearn", description="Byzantine-robust distributed learning: run, compare and study defences.")
-    sub = p.add_subparsers(dest="command", required=True)
+    from .cli_parser import build_parser as parser
 
-    r = sub.add_parser("run", help="train one configuration (simulator)", description="Train one configuration and write a run folder.")
-    r.add_argument("config", nargs="?", help="TOML config file (every key has a default)")
-    r.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
-                   help="override a config key (repeatable), e.g. --set aggregator.name=krum")
-    r.add_argument("--out", help="run folder (default: runs/<time>-<data>-<rule>-<attack>)")
-    r.add_argument("--data-dir", help="where the data set's files are (also: BYZLEARN_DATA, data.data_dir)")
-    r.add_argument("--device", help="cpu, cuda, cuda:N or auto (train.device)")
-    r.add_argument("--resume", metavar="DIR", help="continue a killed run from its last checkpoint")
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
-    r.add_argument("--engine", choices=("simulator", "distributed"), default="simulator",
-                   help="simulator (one process) or distributed (one process of a torchrun / byzlearn launch job)")
-    r.set_defaults(func=_cmd_run)
-
-    la = sub.add_parser("launch", help="run a configuration on N local processes (torch.distributed: server + N-1 workers)",
-                        description="Start N local processes of the torch.distributed runtime (rank 0: server or monitor; "
-                                    "ranks 1..N-1: workers) and write the same run folder as byzlearn run.")
-    la.add_argument("config", nargs="?", help="TOML config file (every key has a default)")
-    la.add_argument("-n", "--nprocs", type=int, help="processes to start; sets workers.n = N-1 (default: workers.n + 1)")
-    la.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config key (repeatable)")
-    la.add_argument("--out", help="run folder (default: runs/<time>-<data>-<rule>-<attack>-distributed)")
-    la.add_argument("--data-dir", help="where the data set's files are (also: BYZLEARN_DATA, data.data_dir)")
-    la.add_argument("--device", help="cpu, cuda or auto: with CUDA every rank uses cuda:LOCAL_RANK")
-    la.add_argument("--resume", metavar="DIR", help="continue a run from its last checkpoint")
-    la.add_argument("--max-restarts", type=int, default=0, help="restart every process from the last checkpoint when rank 0 fails")
-    la.add_argument("--master-addr", metavar="ADDR", help="an address of this machine for the rendezvous, gloo and the links "
-                                                          "(default: BYZLEARN_MASTER_ADDR, else 127.0.0.1)")
-    la.add_argument("--quiet", action="store_true", help="no progress bar")
-    la.set_defaults(func=_cmd_launch)
-
-    lst = sub.add_parser("list", help="list rules, pre-aggregators, attacks, data sets, models and optimisers")
-    lst.set_defaults(func=_cmd_list)
-
-    m = sub.add_parser("matrix", help="robustness matrix: rules x attacks x f (x heterogeneity), resumable",
-                       description="Run every cell of a matrix config ([matrix] section) not finished yet; write CSV, JSON, "
-                                   "markdown and a heatmap.")
-    m.add_argument("config", nargs="?", help="TOML config with a [matrix] section (aggregators, attacks, byzantine, data, seeds)")
-    m.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a key (matrix.* keys too), repeatable")
-    m.add_argument("--out", help="matrix folder (default: runs/matrix-<config name>); re-running it skips finished cells")
-    m.add_argument("--data-dir", help="where the data set's files are (also: BYZLEARN_DATA, data.data_dir)")
-    m.add_argument("--jobs", type=int, default=1, help="cells run in parallel processes (each single-threaded)")
-    m.add_argument("--quiet", action="store_true", help="no progress bar")
-    m.set_defaults(func=_cmd_matrix)
-
-    tu = sub.add_parser("tune", help="choose lr / momentum / weight decay per rule, f and heterogeneity: worst case over attacks, "
-                                     "on validation",
-                        description="Run a matrix config ([matrix]) for every combination of its [tune] lists (lr, momentum, "
-                                    "weight_decay) and choose, per rule, f and heterogeneity, the combination with the best "
-                                    "worst-case validation accuracy over attacks (ByzFL's protocol); needs data.validation_size > 0.")
-    tu.add_argument("config", help="TOML config with [matrix] and [tune] sections")
-    tu.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a key (matrix.* and tune.* keys too), repeatable")
-    tu.add_argument("--out", help="output folder (default: runs/tune-<config name>); re-running it skips finished runs")
-    tu.add_argument("--data-dir", help="where the data set's files are (also: BYZLEARN_DATA, data.data_dir)")
-    tu.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (each single-threaded)")
-    tu.add_argument("--quiet", action="store_true", help="no progress bar")
-    tu.set_defaults(func=_cmd_tune)
-
-    rp = sub.add_parser("reproduce", help="reproduce a source paper's experiment (no NAME: list them)")
-    rp.add_argument("name", nargs="?", help="reproduction name")
-    rp.add_argument("--out", help="output folder (default: docs/reproductions/NAME)")
-    rp.add_argument("--data-dir", help="where the data set's files are (also: BYZLEARN_DATA)")
-    rp.add_argument("--quick", action="store_true", help="a reduced version for smoke checks")
-    rp.set_defaults(func=_cmd_reproduce)
-
-    mt = sub.add_parser("meta-train", help="meta-train a learned aggregator (RNN/ARNN) by truncated BPTT",
-                        description="Meta-train a coordinatewise RNN/ARNN aggregator; save it (safetensors + card.json) in --out.")
-    mt.add_argument("config", nargs="?", help="TOML with sections aggregator, task, byzantine, meta (every key has a default)")
-    mt.add_argument("--out", required=True, help="folder for aggregator.safetensors, card.json, history.json, meta_loss.png")
-    mt.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
-                    help="override a key (repeatable), e.g. --set aggregator.cell=gru")
-    mt.add_argument("--data-dir", help="where the data set's files are (task.data_dir; also BYZLEARN_DATA)")
-    mt.add_argument("--resume", action="store_true", help="continue from --out's meta_checkpoint.pt (written at every validation)")
-    mt.add_argument("--quiet", action="store_true", help="no progress bar")
-    mt.set_defaults(func=_cmd_meta_train)
-
-    mv = sub.add_parser("meta-validate", help="score a trained aggregator on validation trajectories (training data)",
-                        description="Score a meta-trained aggregator on its card's validation trajectories, optionally longer "
-                                    "or used with other options (model selection without test data).")
-    mv.add_argument("folder", help="a folder written by meta-train")
-    mv.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
-                    help="override the card's training config, e.g. --set meta.validate_steps=500 --set aggregator.input_clip=true")
-    mv.add_argument("--data-dir", help="where the data set's files are (task.data_dir; also BYZLEARN_DATA)")
-    mv.add_argument("--json", help="also write the scores to this file")
-    mv.set_defaults(func=_cmd_meta_validate)
-
-    d = sub.add_parser("demo", help="the main job: a short robustness comparison on the embedded digits data set")
-    d.add_argument("--out", help="folder for the runs, table and plot (default: runs/demo)")
-    d.add_argument("--quiet", action="store_true", help="no progress bar")
-    d.set_defaults(func=_cmd_demo)
-    return p
+    return parser(COMMANDS)
 
 
 def main(argv: list[str] | None = None) -> int:

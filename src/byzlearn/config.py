@@ -96,17 +96,17 @@ class FedAvgConfig:
 
 
 FIXED_SECTIONS: dict[str, type] = {
-    "data": DataConfig, "model": ModelConfig, "workers": WorkersConfig, "train": TrainConfig, "distributed": DistributedConfig,
+    "data": DataConfig,
+    "model": ModelConfig,
+    "workers": WorkersConfig,
+    "train": TrainConfig,
+    "distributed": DistributedConfig,
     "fedavg": FedAvgConfig,
 }
 OPTIONAL_SECTIONS = ("distributed", "fedavg")  # written (and hashed) only when some key differs from its default
 # keys added after configs and run folders were first committed: written (and hashed) only when set,
 # so every older config keeps its resolved file and its hash
-OPTIONAL_KEYS = {
-    "data": ("gamma", "validation_size", "shards"),
-    "workers": ("momentum", "momentum_form"),
-    "train": ("algorithm",),
-}
+OPTIONAL_KEYS = {"data": ("gamma", "validation_size", "shards"), "workers": ("momentum", "momentum_form"), "train": ("algorithm",)}
 OPEN_DEFAULTS: dict[str, dict[str, Any]] = {
     "attack": {"name": "none"},
     "aggregator": {"name": "mean"},
@@ -207,8 +207,12 @@ def parse_value(text: str) -> Any:
         raise ConfigError(f"--set value {text[:40]!r}... nests arrays or tables too deeply; flatten it") from None
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str], sections: Sequence[str] = tuple(SECTIONS),
-                    open_defaults: dict[str, dict[str, Any]] = OPEN_DEFAULTS) -> dict[str, Any]:
+def apply_overrides(
+    raw: dict[str, Any],
+    overrides: list[str],
+    sections: Sequence[str] = tuple(SECTIONS),
+    open_defaults: dict[str, dict[str, Any]] = OPEN_DEFAULTS,
+) -> dict[str, Any]:
     """Apply ``section.key=value`` overrides to a raw config dict (a new dict is returned).
 
     ``sections`` and ``open_defaults`` (sections whose ``name`` picks a component) default to a run

@@ -79,11 +79,7 @@ class Registry(Generic[T]):
     def parameters(self, name: str, skip: tuple[str, ...] = ()) -> dict[str, inspect.Parameter]:
         """Keyword parameters a config may set for ``name`` (those in ``skip`` are filled by the engine)."""
         sig = inspect.signature(self.get(name))
-        return {
-            k: p
-            for k, p in sig.parameters.items()
-            if k not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-        }
+        return {k: p for k, p in sig.parameters.items() if k not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
     def build(self, name: str, config: dict[str, Any], section: str, skip: tuple[str, ...] = (), **engine_args: Any) -> T:
         """Check the config keys against the factory's signature, then call it with them and ``engine_args``."""
@@ -160,9 +156,7 @@ def check_params(registry: Registry[Any], name: str, params: dict[str, Any], sec
             raise ConfigError(f"unknown key {section}.{key} for {registry.kind} {name!r}; allowed keys: {listing}")
         ann = hints.get(key, allowed[key].annotation)
         if not _type_ok(value, ann):
-            raise ConfigError(
-                f"{section}.{key} = {value!r} has the wrong type for {registry.kind} {name!r}: expected {_type_name(ann)}"
-            )
+            raise ConfigError(f"{section}.{key} = {value!r} has the wrong type for {registry.kind} {name!r}: expected {_type_name(ann)}")
     missing = [k for k, p in allowed.items() if p.default is inspect.Parameter.empty and k not in params]
     if missing:
         raise ConfigError(f"{section} for {registry.kind} {name!r} needs the key(s): {', '.join(missing)}")

@@ -28,8 +28,18 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "finite_rows", "sort_workers", "row_norms", "check_batch", "check_f", "LOW_PRECISION", "wide_dtype",
-    "compute_dtype", "pow2_scale", "mean_rows", "big_row_parts", "all_finite",
+    "finite_rows",
+    "sort_workers",
+    "row_norms",
+    "check_batch",
+    "check_f",
+    "LOW_PRECISION",
+    "wide_dtype",
+    "compute_dtype",
+    "pow2_scale",
+    "mean_rows",
+    "big_row_parts",
+    "all_finite",
 ]
 
 _NUMPY_SORT_DTYPES = (torch.float32, torch.float64, torch.float16)
@@ -44,8 +54,9 @@ _pool_lock = threading.Lock()
 def check_batch(G: Tensor, rule: str) -> tuple[int, int]:
     """``(n, d)``; ValueError unless ``G`` is a non-empty floating-point ``Tensor[n, d]``."""
     if not isinstance(G, Tensor):
-        raise ValueError(f"{rule}: expected a gradient batch Tensor[n, d], got a {type(G).__name__}; "
-                         "pass torch.as_tensor(rows, dtype=torch.float32)")
+        raise ValueError(
+            f"{rule}: expected a gradient batch Tensor[n, d], got a {type(G).__name__}; pass torch.as_tensor(rows, dtype=torch.float32)"
+        )
     if G.dim() != 2:
         raise ValueError(f"{rule}: expected a gradient batch Tensor[n, d], got {tuple(G.shape)}")
     if G.shape[0] == 0:

@@ -39,17 +39,7 @@ from . import _pairwise as P
 from ._finite import LOW_PRECISION, all_finite, compute_dtype, mean_rows, sort_workers
 from .base import AGGREGATORS, PREAGGREGATORS, AggregationContext, Aggregator, PreAggregator
 
-__all__ = [
-    "pairwise_sq_distances",
-    "krum",
-    "krum_scores",
-    "multi_krum",
-    "bulyan",
-    "mda",
-    "mda_subset",
-    "nnm",
-    "nnm_mixing_matrix",
-]
+__all__ = ["pairwise_sq_distances", "krum", "krum_scores", "multi_krum", "bulyan", "mda", "mda_subset", "nnm", "nnm_mixing_matrix"]
 
 _INF = float("inf")
 

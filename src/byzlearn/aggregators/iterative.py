@@ -31,12 +31,7 @@ __all__ = ["geometric_median", "centered_clipping", "GeometricMedian", "Centered
 
 
 def geometric_median(
-    G: Tensor,
-    eps: float = 1e-6,
-    max_iter: int = 100,
-    nu: float = 0.0,
-    weights: Tensor | None = None,
-    f: int | None = None,
+    G: Tensor, eps: float = 1e-6, max_iter: int = 100, nu: float = 0.0, weights: Tensor | None = None, f: int | None = None
 ) -> Tensor:
     """Geometric median ``argmin_z sum_i a_i |z - x_i|`` by Weiszfeld's algorithm.
 
@@ -177,13 +172,7 @@ def _weiszfeld_gram(K: Tensor, a: Tensor, eps: float, max_iter: int, nu: float, 
 # =====================================================================================================
 
 
-def centered_clipping(
-    G: Tensor,
-    center: Tensor | None = None,
-    tau: float = 10.0,
-    iters: int = 3,
-    f: int | None = None,
-) -> Tensor:
+def centered_clipping(G: Tensor, center: Tensor | None = None, tau: float = 10.0, iters: int = 3, f: int | None = None) -> Tensor:
     """Centered clipping (Karimireddy, He, Jaggi, ICML 2021, "Learning from History").
 
     ``v_0 = center`` (zeros when None; the object passes the previous round's output),

@@ -82,8 +82,14 @@ def _big_rows(G: Tensor, norms: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
     return idx, m, nu
 
 
-def _clip_to(G: Tensor, norms: Tensor, threshold: Tensor | float, inplace: bool = False,
-             big: tuple[Tensor, Tensor, Tensor] | None = None, big_threshold: float | None = None) -> Tensor:
+def _clip_to(
+    G: Tensor,
+    norms: Tensor,
+    threshold: Tensor | float,
+    inplace: bool = False,
+    big: tuple[Tensor, Tensor, Tensor] | None = None,
+    big_threshold: float | None = None,
+) -> Tensor:
     """Rescale rows with norm above ``threshold`` to norm ``threshold``; non-finite rows -> zero rows.
 
     ``inplace``: overwrite ``G`` (only the rows that change) instead of allocating the result.
@@ -134,6 +140,8 @@ def static_clip(G: Tensor, c: float = 2.0, inplace: bool = False) -> Tensor:
         return G.copy_(out) if inplace else out
     norms = row_norms(G)
     return _clip_to(G, norms, float(c), inplace, _big_rows(G, norms))
+
+
 def arc_clipped_count(n: int, f: int) -> int:
     """ARC's number of clipped vectors ``k = floor(2 (f/n) (n - f))`` (exact integer arithmetic)."""
     return (2 * f * (n - f)) // n

@@ -31,13 +31,7 @@ __all__ = ["zeno", "zeno_scores", "Zeno"]
 Penalty = Literal["mean_square", "squared_norm"]
 
 
-def zeno_scores(
-    G: Tensor,
-    loss_before: Tensor | float,
-    losses_after: Tensor,
-    rho: float,
-    penalty: Penalty = "mean_square",
-) -> Tensor:
+def zeno_scores(G: Tensor, loss_before: Tensor | float, losses_after: Tensor, rho: float, penalty: Penalty = "mean_square") -> Tensor:
     """Stochastic descendant scores ``Tensor[n]``: ``loss_before - losses_after[i] - rho * pen(G[i])``.
 
     ``pen(u) = mean(u**2)`` (official code) or ``sum(u**2)`` (paper), see the module docstring.
@@ -73,14 +67,7 @@ def zeno_scores(
     return torch.where(ok, scores, torch.full_like(scores, -math.inf))
 
 
-def zeno(
-    G: Tensor,
-    b: int,
-    loss_before: Tensor | float,
-    losses_after: Tensor,
-    rho: float,
-    penalty: Penalty = "mean_square",
-) -> Tensor:
+def zeno(G: Tensor, b: int, loss_before: Tensor | float, losses_after: Tensor, rho: float, penalty: Penalty = "mean_square") -> Tensor:
     """Zeno: mean of the ``n - b`` candidates (rows of ``G``) with the highest ``zeno_scores``.
 
     Ties are broken towards the lower row index (stable sort). Requires ``0 <= b < n``.

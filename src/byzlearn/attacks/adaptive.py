@@ -33,11 +33,7 @@ from .omniscient import coordinate_std
 
 
 def line_maximize(
-    objective: Callable[[float], float],
-    evals: int = 20,
-    start: float = 0.0,
-    delta: float = 10.0,
-    ratio: float = 0.8,
+    objective: Callable[[float], float], evals: int = 20, start: float = 0.0, delta: float = 10.0, ratio: float = 0.8
 ) -> tuple[float, float]:
     """Best-effort ``argmax_{tau >= 0} objective(tau)`` with exactly ``evals`` evaluations.
 
@@ -175,8 +171,9 @@ class OptimalALIEAttack(_OptimalAttack):
 
     name = "alie_optimal"
 
-    def __init__(self, evals: int = 20, start: float = 0.0, delta: float = 10.0, ratio: float = 0.8,
-                 direction: Literal["minus", "plus"] = "minus"):
+    def __init__(
+        self, evals: int = 20, start: float = 0.0, delta: float = 10.0, ratio: float = 0.8, direction: Literal["minus", "plus"] = "minus"
+    ):
         super().__init__(evals, start, delta, ratio)
         if direction not in ("minus", "plus"):
             raise ConfigError(f"attack.direction must be 'minus' (mu - z sigma, Baruch et al.) or 'plus' (ByzFL), got {direction!r}")

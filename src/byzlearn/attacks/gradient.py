@@ -227,9 +227,7 @@ def bit_mask(bits: Any, nbits: int) -> int:
     elif isinstance(bits, int) and not isinstance(bits, bool) and 0 < bits < (1 << nbits):
         mask = bits
     else:
-        raise ConfigError(
-            f"attack.bits must be 'sign', 'exponent', 'sign+exponent' or an integer mask in [1, 2^{nbits}), got {bits!r}"
-        )
+        raise ConfigError(f"attack.bits must be 'sign', 'exponent', 'sign+exponent' or an integer mask in [1, 2^{nbits}), got {bits!r}")
     return mask - (1 << nbits) if mask >= sign else mask  # two's-complement value of the signed view
 
 

@@ -97,12 +97,20 @@ class WhiteBoxModel:
         self.gen = None
         if self.pre and seed is not None:
             self.gen, self.seed = torch.Generator(device=honest.device), seed
-        self.pre_ctx = AggregationContext(round=ctx.round, params=self.params, lr=self.lr, public_loss=self.public_loss,
-                                          generator=self.gen, owns_batch=False, extras=dict(agg.extras))
+        self.pre_ctx = AggregationContext(
+            round=ctx.round,
+            params=self.params,
+            lr=self.lr,
+            public_loss=self.public_loss,
+            generator=self.gen,
+            owns_batch=False,
+            extras=dict(agg.extras),
+        )
         needs_public = self.net.loss_info or objective == "loss"
         if needs_public and (self.public_loss is None or self.params is None):
-            raise ConfigError("attack 'learned_whitebox' evaluates the server's public loss (ARNN probe or objective = 'loss'): "
-                              "set data.public_size > 0")
+            raise ConfigError(
+                "attack 'learned_whitebox' evaluates the server's public loss (ARNN probe or objective = 'loss'): set data.public_size > 0"
+            )
         if (self.card["output"] == "step" or objective == "loss") and not self.lr:
             raise ConfigError("attack 'learned_whitebox' needs the server's lr (optimizer.name = 'sgd')")
         # the public gradient's norm (clipped probe, input clipping): a constant for the whole round
@@ -123,8 +131,9 @@ class WhiteBoxModel:
             G = p(G, self.pre_ctx)
         losses = None
         if self.net.loss_info:
-            losses = probe_losses(self.public_loss, self.params, G, self.rule.probe_lr, self.card.get("probe", "step"),
-                                  differentiable=True, ref_norm=self.ref)
+            losses = probe_losses(
+                self.public_loss, self.params, G, self.rule.probe_lr, self.card.get("probe", "step"), differentiable=True, ref_norm=self.ref
+            )
         u, _ = learned_update(self.net, G, self.state, self.card, losses, self.ref)
         if self.card["output"] == "step":  # as LearnedAggregator.aggregate: the server's SGD then applies +step_scale * u
             return -self.card["step_scale"] * u / self.lr
@@ -153,9 +162,16 @@ class LearnedWhiteBoxAttack(Attack):
     name = "learned_whitebox"
     omniscient = True
 
-    def __init__(self, steps: int = 10, objective: Literal["ipm", "loss"] = "ipm", shared: bool = True,
-                 optimizer: Literal["adam", "sign"] = "adam", step_size: float = 1.0,
-                 init: Literal["sign_flip", "alie"] = "sign_flip", max_norm_ratio: float | None = 10.0):
+    def __init__(
+        self,
+        steps: int = 10,
+        objective: Literal["ipm", "loss"] = "ipm",
+        shared: bool = True,
+        optimizer: Literal["adam", "sign"] = "adam",
+        step_size: float = 1.0,
+        init: Literal["sign_flip", "alie"] = "sign_flip",
+        max_norm_ratio: float | None = 10.0,
+    ):
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
             raise ConfigError(f"attack.steps must be a non-negative integer, got {steps!r}")
         if objective not in ("ipm", "loss"):
@@ -257,8 +273,10 @@ class LearnedWhiteBoxAttack(Attack):
         return rows_of(B[0], ctx.f) if self.shared else B
 
     def __repr__(self) -> str:
-        return (f"LearnedWhiteBoxAttack(steps={self.steps}, objective={self.objective!r}, shared={self.shared}, "
-                f"optimizer={self.optimizer!r}, step_size={self.step_size}, init={self.init!r}, max_norm_ratio={self.max_norm_ratio})")
+        return (
+            f"LearnedWhiteBoxAttack(steps={self.steps}, objective={self.objective!r}, shared={self.shared}, "
+            f"optimizer={self.optimizer!r}, step_size={self.step_size}, init={self.init!r}, max_norm_ratio={self.max_norm_ratio})"
+        )
 
 
 __all__ = ["LearnedWhiteBoxAttack", "WhiteBoxModel", "learned_defender"]

@@ -11,8 +11,16 @@ from .cyclic import CyclicCode
 from .status import CORRECTED, DETECTED, OK, DecodeStatus
 
 __all__ = [
-    "CORRECTED", "DETECTED", "OK", "CyclicCode", "DecodeStatus", "DracoSimulator",
-    "assignment", "cyclic_support", "redundancy", "repetition_groups",
+    "CORRECTED",
+    "DETECTED",
+    "OK",
+    "CyclicCode",
+    "DecodeStatus",
+    "DracoSimulator",
+    "assignment",
+    "cyclic_support",
+    "redundancy",
+    "repetition_groups",
 ]
 
 

@@ -64,8 +64,7 @@ class DracoRepetition(DracoAggregator):
     name = "draco_repetition"
     code = "repetition"
 
-    def __init__(self, f: int = 0, s: int | None = None, tolerance: float = 0.0, fallback: str = "skip",
-                 compute: str = "once"):
+    def __init__(self, f: int = 0, s: int | None = None, tolerance: float = 0.0, fallback: str = "skip", compute: str = "once"):
         super().__init__(f, s, fallback)
         if not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool) or not tolerance >= 0:
             raise ConfigError(f"aggregator.tolerance must be a number >= 0 (0 = bit-exact votes), got {tolerance!r}")
@@ -81,8 +80,15 @@ class DracoCyclic(DracoAggregator):
     name = "draco_cyclic"
     code = "cyclic"
 
-    def __init__(self, f: int = 0, s: int | None = None, tolerance: float = 1e-9, correct: int | None = None,
-                 fallback: str = "skip", compute: str = "once"):
+    def __init__(
+        self,
+        f: int = 0,
+        s: int | None = None,
+        tolerance: float = 1e-9,
+        correct: int | None = None,
+        fallback: str = "skip",
+        compute: str = "once",
+    ):
         super().__init__(f, s, fallback)
         if not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool) or not tolerance > 0:
             raise ConfigError(f"aggregator.tolerance must be a number > 0 (relative syndrome threshold), got {tolerance!r}")

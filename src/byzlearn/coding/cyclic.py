@@ -113,7 +113,7 @@ class CyclicCode:
             return erased
         for t in range(1, self.correct + 1):
             # rows m = 0..2s-t-1 of the Hankel systems of every projection: [sigma_{m..m+t}] a' = 0
-            rows = torch.cat([torch.stack([sig[m:m + t + 1, a] for m in range(2 * s - t)]) for a in range(sig.shape[1])])
+            rows = torch.cat([torch.stack([sig[m : m + t + 1, a] for m in range(2 * s - t)]) for a in range(sig.shape[1])])
             coef = torch.linalg.svd(rows).Vh[-1].conj()  # kernel vector: locator coefficients, degree t
             P = (coef.unsqueeze(0) * self.omega.unsqueeze(1) ** torch.arange(t + 1)).sum(1)  # P(omega_q)
             score = P.abs()

@@ -117,7 +117,7 @@ class DracoSimulator(Simulator):
                 M = copies.new_empty(self.n, self.d)
                 for grp in self.groups:
                     m, off = len(grp), int(self.offsets[grp[0]])
-                    M[grp.to(M.device)] = copies[off:off + m * m].view(m, m, self.d).sum(1)
+                    M[grp.to(M.device)] = copies[off : off + m * m].view(m, m, self.d).sum(1)
             else:
                 M = self.cyclic.encode_windows(copies.view(self.n, self.cyclic.r, self.d))
         t2 = self._sync()
@@ -131,9 +131,15 @@ class DracoSimulator(Simulator):
             return M
         byz_ids = draw.byzantine
         ctx = AttackContext(
-            n=self.n, f=self.f, round=self.round, honest=M.index_select(0, draw.honest),
-            own=M.index_select(0, byz_ids) if self.attack.needs_own_gradients else None, params=self.theta,
-            aggregator=self.aggregator, generator=self.gens["attack"], aggregation=agg_ctx,
+            n=self.n,
+            f=self.f,
+            round=self.round,
+            honest=M.index_select(0, draw.honest),
+            own=M.index_select(0, byz_ids) if self.attack.needs_own_gradients else None,
+            params=self.theta,
+            aggregator=self.aggregator,
+            generator=self.gens["attack"],
+            aggregation=agg_ctx,
         )
         forged = forge(self.attack, ctx, M.shape[1])
         k = forged.shape[0]

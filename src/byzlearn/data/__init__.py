@@ -22,7 +22,19 @@ def load_dataset(name: str, data_dir: str | None = None, download: bool = True) 
 
 
 __all__ = [
-    "DATASETS", "Dataset", "class_subset", "load_dataset", "standardise", "data_root", "ENV_VAR",
-    "DataNotFoundError", "DataFormatError", "PARTITION_SCHEMES", "partition", "split_public", "pad_shards",
-    "extreme_split", "gamma_similarity_split",
+    "DATASETS",
+    "Dataset",
+    "class_subset",
+    "load_dataset",
+    "standardise",
+    "data_root",
+    "ENV_VAR",
+    "DataNotFoundError",
+    "DataFormatError",
+    "PARTITION_SCHEMES",
+    "partition",
+    "split_public",
+    "pad_shards",
+    "extreme_split",
+    "gamma_similarity_split",
 ]

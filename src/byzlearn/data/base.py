@@ -50,5 +50,11 @@ def class_subset(ds: Dataset, classes: list[int]) -> Dataset:
     remap = torch.full((ds.num_classes,), -1, dtype=torch.long)
     remap[torch.tensor(classes)] = torch.arange(len(classes))
     keep_tr, keep_te = remap[ds.y_train] >= 0, remap[ds.y_test] >= 0
-    return Dataset(f"{ds.name}{len(classes)}", ds.x_train[keep_tr], remap[ds.y_train[keep_tr]], ds.x_test[keep_te],
-                   remap[ds.y_test[keep_te]], len(classes))
+    return Dataset(
+        f"{ds.name}{len(classes)}",
+        ds.x_train[keep_tr],
+        remap[ds.y_train[keep_tr]],
+        ds.x_test[keep_te],
+        remap[ds.y_test[keep_te]],
+        len(classes),
+    )

@@ -67,9 +67,7 @@ def locate_idx(title: str, data_dir, download: bool, subdirs, extra, mirrors, md
         for name in FILES:
             if locate.find_in(target, name) is None:
                 locate.fetch(
-                    [m + name + ".gz" for m in mirrors],
-                    target / f"{name}.gz",
-                    lambda p, n=name: locate.md5_of(p, gunzip=True) == md5s[n],
+                    [m + name + ".gz" for m in mirrors], target / f"{name}.gz", lambda p, n=name: locate.md5_of(p, gunzip=True) == md5s[n]
                 )
     except OSError as e:
         raise locate.not_found(title, FILES, dirs, f"into {target} failed: {e}") from e
@@ -87,8 +85,10 @@ def load_idx(title: str, paths: dict[str, Path]) -> Dataset:
         if x.shape[0] != y.shape[0]:
             raise locate.DataFormatError(f"{title}: {part} has {x.shape[0]} images but {y.shape[0]} labels")
         if x.size == 0:
-            raise locate.DataFormatError(f"{title}: {paths[f'{part}-images-idx3-ubyte']} holds no pixels (images of shape "
-                                         f"{tuple(x.shape)}); the file is truncated or not {title}: delete it to re-download")
+            raise locate.DataFormatError(
+                f"{title}: {paths[f'{part}-images-idx3-ubyte']} holds no pixels (images of shape "
+                f"{tuple(x.shape)}); the file is truncated or not {title}: delete it to re-download"
+            )
         if y.size and y.max() >= 10:
             raise locate.DataFormatError(f"{title}: {part} labels must be in [0, 10), got {int(y.max())}")
         split[part] = (torch.from_numpy(x).unsqueeze(1), torch.from_numpy(y.astype(np.int64)))

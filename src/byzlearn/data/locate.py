@@ -66,7 +66,7 @@ def download_dir(root: Path, subdirs: Sequence[str]) -> Path:
     """Where a download lands: ``root`` if it already is a conventional folder, else ``root/<subdirs[0]>``."""
     for s in subdirs:
         parts = Path(s).parts
-        if root.parts[-len(parts):] == parts:
+        if root.parts[-len(parts) :] == parts:
             return root
     return root / subdirs[0]
 
@@ -81,7 +81,7 @@ def download_file(url: str, dest: Path, timeout: float = TIMEOUT_S) -> None:
 def md5_of(path: Path, gunzip: bool = False) -> str:
     """MD5 of a file's bytes, or of its decompressed content when ``gunzip``."""
     h = hashlib.md5(usedforsecurity=False)
-    with (gzip.open(path, "rb") if gunzip else open(path, "rb")) as f:
+    with gzip.open(path, "rb") if gunzip else open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()

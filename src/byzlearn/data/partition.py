@@ -81,9 +81,7 @@ def partition(
 
 def _check_gamma(gamma: float) -> float:
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0.0 <= gamma <= 1.0:
-        raise ConfigError(
-            f"data.gamma = {gamma!r} must be a number in [0, 1] (the iid fraction: 1 is iid, 0 is the extreme split)"
-        )
+        raise ConfigError(f"data.gamma = {gamma!r} must be a number in [0, 1] (the iid fraction: 1 is iid, 0 is the extreme split)")
     return float(gamma)
 
 
@@ -95,9 +93,7 @@ def extreme_split(labels: Tensor, idx: Tensor, n_workers: int) -> list[Tensor]:
     return list(torch.tensor_split(by_label, n_workers))
 
 
-def gamma_similarity_split(
-    labels: Tensor, order: Tensor, n_workers: int, gamma: float, rng: random.Random
-) -> list[Tensor]:
+def gamma_similarity_split(labels: Tensor, order: Tensor, n_workers: int, gamma: float, rng: random.Random) -> list[Tensor]:
     """ByzFL's ``gamma_similarity_niid`` on the indices ``order`` (in that order), unsorted.
 
     With s = int(len(order) * gamma): ``order[:s]`` is shuffled by ``rng.shuffle`` (ByzFL: Python's
@@ -123,9 +119,7 @@ def _class_members(labels: Tensor, generator: torch.Generator) -> list[Tensor]:
     return [g[torch.randperm(g.numel(), generator=generator)] for g in groups]
 
 
-def _dirichlet_owners(
-    labels: Tensor, n_workers: int, generator: torch.Generator, alpha: float, min_size: int
-) -> Tensor:
+def _dirichlet_owners(labels: Tensor, n_workers: int, generator: torch.Generator, alpha: float, min_size: int) -> Tensor:
     if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
         raise ConfigError(f"data.alpha = {alpha!r} must be a finite number > 0 (smaller means more label skew)")
     members = _class_members(labels, generator)
@@ -151,9 +145,7 @@ def _label_owners(labels: Tensor, n_workers: int, generator: torch.Generator, k:
     members = _class_members(labels, generator)
     n_classes = len(members)
     if not (isinstance(k, int) and 1 <= k <= n_classes):
-        raise ConfigError(
-            f"data.labels_per_worker = {k!r} must be an integer in [1, {n_classes}] (the number of classes)"
-        )
+        raise ConfigError(f"data.labels_per_worker = {k!r} must be an integer in [1, {n_classes}] (the number of classes)")
     # each worker takes the k least-used classes so far (random tie-break): usage counts differ by <= 1
     usage = torch.zeros(n_classes)
     holders: list[list[int]] = [[] for _ in range(n_classes)]
@@ -181,10 +173,7 @@ def _group(owner: Tensor, n_workers: int, min_size: int, scheme: str) -> list[Te
     used = (owner >= 0).nonzero().squeeze(1)
     counts = torch.bincount(owner[used], minlength=n_workers)
     if counts.min() < min_size:
-        raise ConfigError(
-            f"{scheme} partition leaves a worker with {int(counts.min())} sample(s) (< {min_size}); "
-            "use fewer workers.n"
-        )
+        raise ConfigError(f"{scheme} partition leaves a worker with {int(counts.min())} sample(s) (< {min_size}); use fewer workers.n")
     order = used[torch.argsort(owner[used], stable=True)]
     return list(torch.split(order, counts.tolist()))
 

@@ -12,7 +12,20 @@ from .mve import mve_average, mve_subset
 from .witness import first_reports, witness_sets
 
 __all__ = [
-    "Adversary", "Forged", "METHODS", "AgreementResult", "agreement_rounds", "averaging_agreement", "check_requirement",
-    "diameter", "requirement", "BroadcastResult", "bracha", "echo_threshold", "mve_average", "mve_subset",
-    "first_reports", "witness_sets",
+    "Adversary",
+    "Forged",
+    "METHODS",
+    "AgreementResult",
+    "agreement_rounds",
+    "averaging_agreement",
+    "check_requirement",
+    "diameter",
+    "requirement",
+    "BroadcastResult",
+    "bracha",
+    "echo_threshold",
+    "mve_average",
+    "mve_subset",
+    "first_reports",
+    "witness_sets",
 ]

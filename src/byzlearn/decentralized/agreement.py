@@ -272,5 +272,13 @@ def agreement_rounds(t: int, cap: int | None = None) -> int:
     return min(N, cap) if cap else N
 
 
-__all__ = ["METHODS", "SCHEDULES", "AgreementResult", "averaging_agreement", "requirement", "check_requirement", "diameter",
-           "agreement_rounds"]
+__all__ = [
+    "METHODS",
+    "SCHEDULES",
+    "AgreementResult",
+    "averaging_agreement",
+    "requirement",
+    "check_requirement",
+    "diameter",
+    "agreement_rounds",
+]

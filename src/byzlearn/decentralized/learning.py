@@ -136,18 +136,34 @@ def learn(setup: LearnSetup, dataset: Dataset | None = None, progress: Callable[
             acc = accuracies(theta)
             last = ga.rounds[-1]
             row = {
-                "step": t, "grad_rounds": N, "train_loss": float(losses.mean()),
-                "worst_accuracy": float(acc.min()), "mean_accuracy": float(acc.mean()), "accuracies": [round(float(a), 4) for a in acc],
-                "param_diameter": diameter(theta), "grad_diameter_in": ga.rounds[0]["diameter"], "grad_diameter_out": last["diameter"],
-                "grad_C_max": last["C_max"], "grad_C_mean": last["C_mean"],
-                "messages": messages, "bytes": nbytes, "wall_s": time.perf_counter() - t_start, "agreement_s": agree_s,
+                "step": t,
+                "grad_rounds": N,
+                "train_loss": float(losses.mean()),
+                "worst_accuracy": float(acc.min()),
+                "mean_accuracy": float(acc.mean()),
+                "accuracies": [round(float(a), 4) for a in acc],
+                "param_diameter": diameter(theta),
+                "grad_diameter_in": ga.rounds[0]["diameter"],
+                "grad_diameter_out": last["diameter"],
+                "grad_C_max": last["C_max"],
+                "grad_C_mean": last["C_mean"],
+                "messages": messages,
+                "bytes": nbytes,
+                "wall_s": time.perf_counter() - t_start,
+                "agreement_s": agree_s,
             }
             history.append(row)
             if progress:
                 progress(row)
     worst = [r["worst_accuracy"] for r in history]
     return {
-        "setup": asdict(s), "history": history, "final_worst_accuracy": worst[-1], "best_worst_accuracy": max(worst),
-        "final_mean_accuracy": history[-1]["mean_accuracy"], "messages": messages, "bytes": nbytes,
-        "wall_s": time.perf_counter() - t_start, "agreement_s": agree_s,
+        "setup": asdict(s),
+        "history": history,
+        "final_worst_accuracy": worst[-1],
+        "best_worst_accuracy": max(worst),
+        "final_mean_accuracy": history[-1]["mean_accuracy"],
+        "messages": messages,
+        "bytes": nbytes,
+        "wall_s": time.perf_counter() - t_start,
+        "agreement_s": agree_s,
     }

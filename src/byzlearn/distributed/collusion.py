@@ -127,8 +127,16 @@ class Collusion:
             dtype = spec.dtype if lo == 0 else sim.theta.dtype  # the fallback part is a plain gradient
             H = honest[:, lo:hi].to(device=sim.device, dtype=dtype)
             ctx = AttackContext(
-                n=wk.n, f=f, round=r, honest=H, own=None if owns is None else owns[:, lo:hi].to(device=sim.device, dtype=H.dtype),
-                params=theta, aggregator=sim.aggregator, generator=sim.gens["attack"], aggregation=agg_ctx, byzantine=byz_rows,
+                n=wk.n,
+                f=f,
+                round=r,
+                honest=H,
+                own=None if owns is None else owns[:, lo:hi].to(device=sim.device, dtype=H.dtype),
+                params=theta,
+                aggregator=sim.aggregator,
+                generator=sim.gens["attack"],
+                aggregation=agg_ctx,
+                byzantine=byz_rows,
             )
             try:
                 rows = forge(attack, ctx, hi - lo)

@@ -36,9 +36,20 @@ from .protocol import TAG_COLLUDE, TAG_GRAD, TAG_PARAMS, TAG_PEER, TAG_REPORT, T
 
 VARIANTS = ("short", "long", "length", "magic", "future", "impostor", "nan")
 # what a hostile rank sends the server each round: (name, tag); every one is malformed there
-HOSTILE = (("long", TAG_GRAD), ("dtype", TAG_GRAD), ("bytes", TAG_GRAD), ("garbage", TAG_GRAD), ("empty", TAG_GRAD),
-           ("declared", TAG_GRAD), ("good", TAG_PARAMS), ("good", TAG_COLLUDE), ("good", TAG_PEER), ("good", TAG_REPORT),
-           ("good", TAG_STATE), ("good", 999))
+HOSTILE = (
+    ("long", TAG_GRAD),
+    ("dtype", TAG_GRAD),
+    ("bytes", TAG_GRAD),
+    ("garbage", TAG_GRAD),
+    ("empty", TAG_GRAD),
+    ("declared", TAG_GRAD),
+    ("good", TAG_PARAMS),
+    ("good", TAG_COLLUDE),
+    ("good", TAG_PEER),
+    ("good", TAG_REPORT),
+    ("good", TAG_STATE),
+    ("good", 999),
+)
 FLOOD = 300  # frames of a hostile rank's one flood (to the server, and to each worker)
 
 
@@ -96,7 +107,6 @@ class Fault:
         else:  # impostor: claims to be rank 0
             bad = frames.encode(Kind.GRAD, r, 0 if rank != 0 else 1, payload, dtype)
         return [bad, good]
-
 
     def _hostile(self, r: int, rank: int, payload: Tensor, dtype: torch.dtype) -> None:
         """One round of hostile sends (see the module docstring); returns once the server-bound ones are on the wire."""

@@ -51,8 +51,18 @@ class Kind(IntEnum):
 
 _INT = {torch.float32: torch.int32, torch.float64: torch.int64}
 # dtype codes of the link header; a tensor of any other dtype is sent as code 0 (and refused)
-DTYPE_CODES = {torch.float32: 1, torch.float64: 2, torch.float16: 3, torch.bfloat16: 4, torch.int32: 5, torch.int64: 6,
-               torch.uint8: 7, torch.int8: 8, torch.int16: 9, torch.bool: 10}
+DTYPE_CODES = {
+    torch.float32: 1,
+    torch.float64: 2,
+    torch.float16: 3,
+    torch.bfloat16: 4,
+    torch.int32: 5,
+    torch.int64: 6,
+    torch.uint8: 7,
+    torch.int8: 8,
+    torch.int16: 9,
+    torch.bool: 10,
+}
 _DTYPE_NAMES = {code: str(dt).removeprefix("torch.") for dt, code in DTYPE_CODES.items()}
 
 
@@ -71,16 +81,25 @@ class Frame:
     c: int = 0
 
 
-def encode(kind: Kind, round: int, sender: int, payload: Tensor | None = None, dtype: torch.dtype = torch.float32,
-           a: int = 0, b: int = 0, c: int = 0, length: int | None = None) -> Tensor:
+def encode(
+    kind: Kind,
+    round: int,
+    sender: int,
+    payload: Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+    a: int = 0,
+    b: int = 0,
+    c: int = 0,
+    length: int | None = None,
+) -> Tensor:
     """One frame as a CPU tensor. ``length`` overrides the declared length (tests forge malformed frames)."""
     n = 0 if payload is None else payload.numel()
     buf = torch.empty(HEADER + n + 1, dtype=dtype)
     ints = _INT[dtype]
     buf[:HEADER].view(ints).copy_(torch.tensor([MAGIC, int(kind), round, sender, n if length is None else length, a, b, c], dtype=ints))
     if n:
-        buf[HEADER:HEADER + n] = payload.detach().reshape(-1).to(device="cpu", dtype=dtype)
-    buf[HEADER + n:].view(ints)[0] = TRAILER
+        buf[HEADER : HEADER + n] = payload.detach().reshape(-1).to(device="cpu", dtype=dtype)
+    buf[HEADER + n :].view(ints)[0] = TRAILER
     return buf
 
 

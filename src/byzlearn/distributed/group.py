@@ -124,8 +124,10 @@ def bind_listener(host: str, port: int) -> socket.socket:
         sock.bind(addr)
         sock.listen(128)
     except OSError as e:
-        raise ConfigError(f"cannot listen on {host}:{port} for the rendezvous ({e}): MASTER_ADDR (for byzlearn launch: "
-                          "BYZLEARN_MASTER_ADDR, default 127.0.0.1) must be an address of this machine") from None
+        raise ConfigError(
+            f"cannot listen on {host}:{port} for the rendezvous ({e}): MASTER_ADDR (for byzlearn launch: "
+            "BYZLEARN_MASTER_ADDR, default 127.0.0.1) must be an address of this machine"
+        ) from None
     return sock
 
 

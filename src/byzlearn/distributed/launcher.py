@@ -37,9 +37,24 @@ from ..registry import ConfigError
 from .group import bind_listener
 from .runtime import check_mode, default_out
 
-PRELOAD = ["torch", "torch._dynamo", "torch.distributed", "torch.func", "torch.optim", "numpy", "sklearn.datasets",
-           "sklearn.model_selection", "byzlearn.cli", "byzlearn.engine", "byzlearn.experiments.runner", "byzlearn.experiments.plots",
-           "byzlearn.distributed.runtime", "byzlearn.distributed.server", "byzlearn.distributed.worker", "byzlearn.distributed.peers"]
+PRELOAD = [
+    "torch",
+    "torch._dynamo",
+    "torch.distributed",
+    "torch.func",
+    "torch.optim",
+    "numpy",
+    "sklearn.datasets",
+    "sklearn.model_selection",
+    "byzlearn.cli",
+    "byzlearn.engine",
+    "byzlearn.experiments.runner",
+    "byzlearn.experiments.plots",
+    "byzlearn.distributed.runtime",
+    "byzlearn.distributed.server",
+    "byzlearn.distributed.worker",
+    "byzlearn.distributed.peers",
+]
 _CTX: Any = None
 
 
@@ -109,10 +124,21 @@ def _stop(procs: list, grace: float) -> None:
             p.join()
 
 
-def launch(nprocs: int | None, config: str | None, overrides: list[str], out: str | None, resume: str | None = None,
-           data_dir: str | None = None, device: str | None = None, quiet: bool = False, max_restarts: int = 0,
-           grace: float = 5.0, rank0_log: bool = False, faults: dict[int, str] | None = None,
-           master_addr: str | None = None) -> int:
+def launch(
+    nprocs: int | None,
+    config: str | None,
+    overrides: list[str],
+    out: str | None,
+    resume: str | None = None,
+    data_dir: str | None = None,
+    device: str | None = None,
+    quiet: bool = False,
+    max_restarts: int = 0,
+    grace: float = 5.0,
+    rank0_log: bool = False,
+    faults: dict[int, str] | None = None,
+    master_addr: str | None = None,
+) -> int:
     """Run a distributed job on this machine; returns rank 0's exit code.
 
     ``grace``: seconds the workers get to exit after rank 0 ended. ``rank0_log``: rank 0's output
@@ -155,8 +181,15 @@ def launch(nprocs: int | None, config: str | None, overrides: list[str], out: st
             args = {"config": config, "overrides": overrides, "out": str(folder), "device": device, "quiet": quiet}
         procs = []
         for rank in range(world):
-            env = {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(world),
-                   "MASTER_PORT": str(port), "BYZLEARN_FAULT": (faults or {}).get(rank, ""), **rendezvous_env(master_addr)}
+            env = {
+                "RANK": str(rank),
+                "WORLD_SIZE": str(world),
+                "LOCAL_RANK": str(rank),
+                "LOCAL_WORLD_SIZE": str(world),
+                "MASTER_PORT": str(port),
+                "BYZLEARN_FAULT": (faults or {}).get(rank, ""),
+                **rendezvous_env(master_addr),
+            }
             log = str(logs / f"rank{rank}.log") if rank or rank0_log else None
             p = ctx.Process(target=_child, args=(env, args, log), name=f"byzlearn-rank{rank}")
             p.start()
@@ -175,11 +208,19 @@ def launch(nprocs: int | None, config: str | None, overrides: list[str], out: st
             code = 128 - code
         if code in (0, 2) or attempt >= max_restarts:
             if code not in (0, 2):
-                print(f"byzlearn launch: rank 0 exited with code {code}; continue the run with byzlearn launch --resume {folder}"
-                      if (folder / CHECKPOINT).exists() else f"byzlearn launch: rank 0 exited with code {code}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"byzlearn launch: rank 0 exited with code {code}; continue the run with byzlearn launch --resume {folder}"
+                    if (folder / CHECKPOINT).exists()
+                    else f"byzlearn launch: rank 0 exited with code {code}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             return code
         attempt += 1
         resuming = (folder / CHECKPOINT).exists()  # killed before the first checkpoint: start again from round 0
-        print(f"byzlearn launch: rank 0 exited with code {code}; restart {attempt} of {max_restarts} "
-              f"{'from the last checkpoint' if resuming else 'from the start (no checkpoint yet)'}", file=sys.stderr, flush=True)
+        print(
+            f"byzlearn launch: rank 0 exited with code {code}; restart {attempt} of {max_restarts} "
+            f"{'from the last checkpoint' if resuming else 'from the start (no checkpoint yet)'}",
+            file=sys.stderr,
+            flush=True,
+        )

@@ -118,8 +118,9 @@ class _Reader(threading.Thread):
                 _recv_into(self.sock, memoryview(head))
                 magic, tag, code, nbytes = WIRE.unpack(head)
                 if magic != WIRE_MAGIC:
-                    mesh.report(src, None,
-                                Malformed(f"from rank {src}: bytes that are not a message (bad link header); its link is closed"))
+                    mesh.report(
+                        src, None, Malformed(f"from rank {src}: bytes that are not a message (bad link header); its link is closed")
+                    )
                     reason = "it sent bytes that are not a message"
                     return
                 rcv = mesh.route(src, tag)

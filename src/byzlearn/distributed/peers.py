@@ -37,11 +37,9 @@ broadcast rules this out).
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from dataclasses import dataclass, field
-from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -49,7 +47,7 @@ from torch import Tensor
 from ..aggregators import functional as AF
 from ..config import Config
 from ..decentralized.adversary import Adversary
-from ..decentralized.agreement import agreement_rounds, diameter
+from ..decentralized.agreement import agreement_rounds
 from ..decentralized.broadcast import echo_threshold
 from ..engine import Simulator
 from . import frames, group
@@ -67,7 +65,7 @@ def digest(v: Tensor) -> bytes:
 
 
 def digest_numbers(dg: bytes) -> Tensor:
-    return torch.tensor([int.from_bytes(dg[2 * i:2 * i + 2], "little") for i in range(DIGEST_CHUNKS)], dtype=torch.float32)
+    return torch.tensor([int.from_bytes(dg[2 * i : 2 * i + 2], "little") for i in range(DIGEST_CHUNKS)], dtype=torch.float32)
 
 
 @dataclass
@@ -84,8 +82,6 @@ class Instance:
     ready_from: set[int] = field(default_factory=set)
 
 
-
-
 def _vote(inst: Instance, peer: int, v: Tensor, senders: set[int], votes: dict[bytes, set[int]]) -> tuple[bytes, set[int]] | None:
     """Record ``peer``'s ECHO or READY for ``v`` (its first only): the value's digest and who voted for it so far;
     ``None`` for a repeated vote."""
@@ -97,6 +93,7 @@ def _vote(inst: Instance, peer: int, v: Tensor, senders: set[int], votes: dict[b
     who = votes.setdefault(dg, set())
     who.add(peer)
     return dg, who
+
 
 class Stalled(RuntimeError):
     pass
@@ -284,8 +281,12 @@ class PeerProcess:
         """Rushing Byzantine peer: wait for the honest vectors of the round, then send what the behaviour says."""
         rnd = (t, 2 * phase, k)
         live = [h for h in self.honest if h not in self.gone]
-        self._pump(lambda: all(h in self.inits.get(rnd, {}) or h in self.gone for h in live), "waiting for honest vectors",
-                   patience=self.cfg.distributed.deadline, fail=False)
+        self._pump(
+            lambda: all(h in self.inits.get(rnd, {}) or h in self.gone for h in live),
+            "waiting for honest vectors",
+            patience=self.cfg.distributed.deadline,
+            fail=False,
+        )
         seen = self.inits.get(rnd, {})
         targets = [h for h in self.honest if h in seen]
         if self.adversary is None or not targets:
@@ -357,111 +358,3 @@ class PeerProcess:
         self._pump(lambda: others <= self.done | self.gone, "waiting for the other peers to finish", fail=False)
         self.links.drain(5.0)
         return 0
-
-
-class MonitorEngine:
-    """Rank 0 of a decentralised run: collects the honest peers' reports; the ``Run`` interface over them."""
-
-    def __init__(self, cfg: Config, world: World):
-        self.cfg, self.world = cfg, world
-        self.sim = Simulator(cfg)  # the model and the test set; its theta is the common initial model
-        self.n = cfg.workers.n
-        self.d = self.sim.d
-        self.byz = set(self.sim.byzantine.tolist())
-        self.honest = [i for i in range(self.n) if i not in self.byz]
-        self.inbox = Inbox()
-        self.links = Links(world.rank)
-        self.links.on_close_inbox = self.inbox
-        layout = Layout(torch.float32, {Kind.REPORT: self.d + 3, Kind.DELIVERED: 4 + DIGEST_CHUNKS})
-        for p in range(self.n):
-            self.links.listen(p + 1, TAG_REPORT, layout, self.inbox)
-        self.round = 0
-        self.params: dict[int, Tensor] = {h: self.sim.theta.detach().clone() for h in self.honest}
-        self.reports: dict[int, dict[int, Tensor]] = {}
-        self.gone: set[int] = set()
-        self.messages = self.bytes = 0
-        self.deliveries: dict[tuple[int, ...], dict[int, tuple[float, ...]]] = {}
-        self.last: dict[str, Any] = {}
-        self.log: list[str] = []
-        group.ready(cfg, world)
-
-    @property
-    def device(self) -> torch.device:
-        return self.sim.device
-
-    @property
-    def aggregator(self) -> SimpleNamespace:
-        """What the summary names as the rule: the agreement."""
-        return SimpleNamespace(name=f"{self.cfg.distributed.agreement} (decentralised)")
-
-    def _handle(self, src: int, msg: object) -> None:
-        peer = src - 1
-        if isinstance(msg, Closed):
-            if peer in self.honest and peer not in self.gone:
-                self.log.append(f"step {self.round}: peer {peer} is gone: {msg.reason}")
-            self.gone.add(peer)
-        elif isinstance(msg, Frame) and peer in self.honest:
-            if msg.kind == Kind.REPORT:
-                self.reports.setdefault(msg.round, {})[peer] = msg.payload.clone()
-            elif msg.kind == Kind.DELIVERED:
-                key = tuple(int(x) for x in msg.payload[:4].tolist())
-                self.deliveries.setdefault(key, {})[peer] = tuple(msg.payload[4:].tolist())
-
-    def step(self) -> float:
-        t = self.round + 1
-        deadline = time.monotonic() + self.cfg.distributed.timeout
-
-        def complete() -> bool:
-            got = self.reports.get(t, {})
-            return all(h in got or h in self.gone for h in self.honest)
-
-        while not complete():
-            item = self.inbox.get(deadline)
-            if item is None:
-                raise Stalled(f"monitor: no report of step {t} from every honest peer within {self.cfg.distributed.timeout:.0f} s")
-            self._handle(*item)
-        got = self.reports.pop(t, {})
-        for h, payload in got.items():
-            self.params[h] = payload[3:]
-        if got:
-            self.messages = int(sum(float(p[1]) for p in got.values()))
-            self.bytes = int(sum(float(p[2]) for p in got.values()))
-        self.round = t
-        losses = [float(p[0]) for p in got.values()]
-        return sum(losses) / len(losses) if losses else math.nan
-
-    @torch.no_grad()
-    def evaluate(self) -> tuple[float, float]:
-        sim = self.sim
-        keep = sim.theta.detach().clone()
-        accs, losses = [], []
-        for h in self.honest:
-            if h in self.gone and self.round > 0:
-                continue
-            sim.theta.copy_(self.params[h].to(sim.device))
-            loss, acc = sim.evaluate()
-            accs.append(acc)
-            losses.append(loss)
-        sim.theta.copy_(keep)
-        P = torch.stack([self.params[h] for h in self.honest])
-        self.last = {"mean_test_accuracy": sum(accs) / len(accs), "param_diameter": diameter(P)}
-        return sum(losses) / len(losses), min(accs)
-
-    def extra_metrics(self) -> dict[str, Any]:
-        while (item := self.inbox.get_nowait()) is not None:
-            self._handle(*item)
-        conflicts = sum(1 for v in self.deliveries.values() if len(set(v.values())) > 1)
-        return {**self.last, "peer_messages": self.messages, "peer_bytes": self.bytes,
-                "byzantine_deliveries": len(self.deliveries), "broadcast_conflicts": conflicts, "gone_peers": sorted(self.gone)}
-
-    def state_dict(self) -> dict[str, Any]:
-        state = self.sim.state_dict()
-        state["round"] = self.round
-        state["peers"] = {h: p.clone() for h, p in self.params.items()}
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        raise RuntimeError("a decentralised run cannot be resumed: the peers' states are not checkpointed")
-
-    def close(self, grace: float = 10.0) -> bool:
-        return self.links.receivers_done(grace)

@@ -8,7 +8,7 @@ very same config whatever files its machine has; then each rank takes its role:
 
 - ``mode = "server"``: rank 0 drives a ``Run`` (run folder, metrics, checkpoints, summary, plot)
   whose engine is ``server.ServerEngine``; ranks 1..n run ``worker.WorkerProcess``;
-- ``mode = "decentralized"``: rank 0 drives a ``Run`` whose engine is ``peers.MonitorEngine`` (it
+- ``mode = "decentralized"``: rank 0 drives a ``Run`` whose engine is ``monitor.MonitorEngine`` (it
   records the peers' accuracy and takes no part in the protocol); ranks 1..n run ``peers.PeerProcess``.
 
 Resume: ``--resume DIR``, or a torchrun restart (``TORCHELASTIC_RESTART_COUNT > 0``) with an
@@ -162,7 +162,7 @@ def _rank0(cfg: Config, world: World, folder: Path, resuming: bool, args: dict[s
 
             engine = ServerEngine(c, world)
         else:
-            from .peers import MonitorEngine
+            from .monitor import MonitorEngine
 
             engine = MonitorEngine(c, world)
         engines.append(engine)
@@ -191,7 +191,9 @@ def _rank0(cfg: Config, world: World, folder: Path, resuming: bool, args: dict[s
         f"rounds {summary['rounds']}  wall time {summary['wall_time']:.1f} s"
     )
     if cfg.distributed.mode == "server":
-        print(f"missing gradients {summary['missing_gradients']}  late {summary['late_gradients']}  "
-              f"malformed {summary['malformed_messages']}  crashed workers {summary['crashed_workers']}")
+        print(
+            f"missing gradients {summary['missing_gradients']}  late {summary['late_gradients']}  "
+            f"malformed {summary['malformed_messages']}  crashed workers {summary['crashed_workers']}"
+        )
     print(f"plot: {run.out / 'curves.png'}")
     return 0

@@ -210,8 +210,12 @@ class ServerEngine:
             M[w] = rows[w][: spec.D]
         M = M.to(sim.device)
         total, status = sim.decode(M)
-        sim.apply_decoded(total, status, lambda: torch.stack([rows[w][spec.D: spec.D + spec.d] for w in order]).to(
-            device=sim.device, dtype=torch.float32), ctx)
+        sim.apply_decoded(
+            total,
+            status,
+            lambda: torch.stack([rows[w][spec.D : spec.D + spec.d] for w in order]).to(device=sim.device, dtype=torch.float32),
+            ctx,
+        )
 
     # -- the end ----------------------------------------------------------------------------------
     def close(self, grace: float = 3.0) -> bool:

@@ -50,7 +50,7 @@ def evaluate_model(model: FlatModel, theta: Tensor, x_test: Tensor, y_test: Tens
     """Mean cross-entropy and accuracy of ``model`` at ``theta`` on a test set, in batches of ``batch_size``."""
     loss_sum, correct = 0.0, 0
     for start in range(0, y_test.shape[0], batch_size):
-        x, y = x_test[start:start + batch_size], y_test[start:start + batch_size]
+        x, y = x_test[start : start + batch_size], y_test[start : start + batch_size]
         logits = model(theta, x)
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
@@ -129,8 +129,15 @@ class Simulator:
         reference code of Karimireddy et al.), so data-level attacks train on real data."""
         d = self.cfg.data
         holders = self.n if d.shards == "all" else self.n - self.f
-        parts = partition(labels[train_idx], holders, d.partition, self.gens["partition"],
-                          alpha=d.alpha, labels_per_worker=d.labels_per_worker, gamma=d.gamma)
+        parts = partition(
+            labels[train_idx],
+            holders,
+            d.partition,
+            self.gens["partition"],
+            alpha=d.alpha,
+            labels_per_worker=d.labels_per_worker,
+            gamma=d.gamma,
+        )
         shards = [train_idx[p] for p in parts]
         if d.shards == "all":
             return shards
@@ -179,7 +186,7 @@ class Simulator:
 
     def aggregation_context(self) -> AggregationContext:
         return AggregationContext(
-            round=self.round, params=self.theta, lr=self.lr, public_loss=self.public_loss, generator=self.gens["aggregator"],
+            round=self.round, params=self.theta, lr=self.lr, public_loss=self.public_loss, generator=self.gens["aggregator"]
         )
 
     def _roles(self) -> tuple[Tensor, Tensor]:
@@ -261,8 +268,16 @@ class Simulator:
             forged = own if own is not None else G.new_empty(0, self.d)
         else:
             ctx = AttackContext(  # n: the run's workers; f: this round's Byzantine participants (rows to forge)
-                n=self.n, f=byz_ids.numel(), round=self.round, honest=honest, own=own, params=self.theta,
-                aggregator=self.aggregator, generator=self.gens["attack"], aggregation=agg_ctx, byzantine=draw.rows_of(byz_ids),
+                n=self.n,
+                f=byz_ids.numel(),
+                round=self.round,
+                honest=honest,
+                own=own,
+                params=self.theta,
+                aggregator=self.aggregator,
+                generator=self.gens["attack"],
+                aggregation=agg_ctx,
+                byzantine=draw.rows_of(byz_ids),
             )
             forged = forge(attack, ctx, self.d)
         return place(G, draw.rows_of(byz_ids), forged), honest_losses

@@ -50,13 +50,13 @@ def _check_pre(pre: Any) -> None:
     if pre is None:
         return
     if not isinstance(pre, list):
-        raise ConfigError(f"aggregator.pre = {pre!r} must be a list of pre-aggregators, e.g. [\"nnm\"] or "
-                          "[{name = \"bucketing\", s = 2}]")
+        raise ConfigError(f'aggregator.pre = {pre!r} must be a list of pre-aggregators, e.g. ["nnm"] or [{{name = "bucketing", s = 2}}]')
     for i, spec in enumerate(pre):
         name = spec.get("name") if isinstance(spec, dict) else spec
         if not isinstance(name, str):
-            raise ConfigError(f"aggregator.pre[{i}] = {spec!r} must be a name or a table with a name, e.g. \"nnm\" or "
-                              "{name = \"bucketing\", s = 2}")
+            raise ConfigError(
+                f'aggregator.pre[{i}] = {spec!r} must be a name or a table with a name, e.g. "nnm" or {{name = "bucketing", s = 2}}'
+            )
 
 
 def validate(cfg: Config) -> None:
@@ -66,8 +66,10 @@ def validate(cfg: Config) -> None:
     _positive(w.batch_size, "workers.batch_size", maximum=MAX_COUNT)
     steps = cfg.fedavg.local_steps if t.algorithm == "fedavg" else 1
     if w.n * w.batch_size * max(steps, 1) > MAX_INDICES:
-        raise ConfigError(f"workers.n x workers.batch_size{' x fedavg.local_steps' if steps > 1 else ''} = "
-                          f"{w.n * w.batch_size * steps} minibatch samples per round is more than {MAX_INDICES}; use fewer")
+        raise ConfigError(
+            f"workers.n x workers.batch_size{' x fedavg.local_steps' if steps > 1 else ''} = "
+            f"{w.n * w.batch_size * steps} minibatch samples per round is more than {MAX_INDICES}; use fewer"
+        )
     if not 0 <= t.seed < MAX_SEED:
         raise ConfigError(f"train.seed = {t.seed} must be an integer in [0, 2^40)")
     if not 0 <= w.byzantine < w.n:
@@ -105,8 +107,7 @@ def validate(cfg: Config) -> None:
     check_optimizer(cfg.optimizer)
     _check_protocol(cfg)
     _check_pre(cfg.aggregator.get("pre"))
-    agg = _built(lambda: build_aggregator(cfg.aggregator, f_default=w.byzantine), f"aggregator {cfg.aggregator['name']!r}",
-                 "aggregator")
+    agg = _built(lambda: build_aggregator(cfg.aggregator, f_default=w.byzantine), f"aggregator {cfg.aggregator['name']!r}", "aggregator")
     agg.check(client_count(cfg) if t.algorithm == "fedavg" else w.n)
     if getattr(agg, "rule", agg).needs_public_batch and d.public_size == 0:
         raise ConfigError(f"aggregator {agg.name!r} scores the workers on the server's public batch: set data.public_size > 0 (e.g. 1000)")
@@ -131,8 +132,10 @@ def _check_protocol(cfg: Config) -> None:
         raise ConfigError(f"data.gamma = {d.gamma} must be in [0, 1] (the iid fraction of gamma_similarity: 1 iid, 0 extreme)")
     _positive(d.validation_size, "data.validation_size", 0)
     if d.shards == "honest" and w.byzantine_set != "fixed":
-        raise ConfigError("data.shards = 'honest' gives shards to the honest workers only, which needs a fixed Byzantine set: "
-                          "set workers.byzantine_set = 'fixed' or data.shards = 'all'")
+        raise ConfigError(
+            "data.shards = 'honest' gives shards to the honest workers only, which needs a fixed Byzantine set: "
+            "set workers.byzantine_set = 'fixed' or data.shards = 'all'"
+        )
     draco = str(cfg.aggregator.get("name", "")).startswith("draco_")
     if t.algorithm != "fedavg":
         return
@@ -144,10 +147,14 @@ def _check_protocol(cfg: Config) -> None:
     if not (math.isfinite(fa.fraction) and 0.0 < fa.fraction <= 1.0):
         raise ConfigError(f"fedavg.fraction = {fa.fraction} must be in (0, 1] (the fraction of clients sampled per round)")
     if w.momentum > 0:
-        raise ConfigError("workers.momentum applies to train.algorithm = 'dsgd'; FedAvg clients run plain local SGD "
-                          "(ByzFL's FedAvg): set workers.momentum = 0, or use server momentum (optimizer.momentum)")
+        raise ConfigError(
+            "workers.momentum applies to train.algorithm = 'dsgd'; FedAvg clients run plain local SGD "
+            "(ByzFL's FedAvg): set workers.momentum = 0, or use server momentum (optimizer.momentum)"
+        )
     if draco:
-        raise ConfigError("DRACO decodes redundant gradients of one model, which K local steps per client break: "
-                          "use train.algorithm = 'dsgd' with a draco_* aggregator")
+        raise ConfigError(
+            "DRACO decodes redundant gradients of one model, which K local steps per client break: "
+            "use train.algorithm = 'dsgd' with a draco_* aggregator"
+        )
     if cfg.distributed.mode == "decentralized":
         raise ConfigError("robust FedAvg needs a server: use distributed.mode = 'server' (decentralised peers run LEARN)")

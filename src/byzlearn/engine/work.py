@@ -71,8 +71,14 @@ def make_momentum(cfg: Config, d: int) -> Momentum | None:
     return Momentum(w.n, d, w.momentum, w.momentum_form) if w.momentum > 0 else None
 
 
-def local_sgd(grads: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]], theta: Tensor, x: Tensor, y: Tensor,
-              lr: float, weight_decay: float = 0.0) -> tuple[Tensor, Tensor]:
+def local_sgd(
+    grads: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]],
+    theta: Tensor,
+    x: Tensor,
+    y: Tensor,
+    lr: float,
+    weight_decay: float = 0.0,
+) -> tuple[Tensor, Tensor]:
     """K local SGD steps of k clients from ``theta``, batched: ``x: [K, k, B, ...]``, ``y: [K, k, B]``.
 
     ``grads(P, x_s, y_s)`` is ``vmap(grad_and_value(loss))`` over the parameter batch ``P: [k, d]``.

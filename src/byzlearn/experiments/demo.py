@@ -22,8 +22,14 @@ DEMO = {
     "train": {"rounds": 300, "eval_every": 50, "checkpoint_every": 300, "seed": 0},
     "matrix": {
         "aggregators": [
-            "mean", "median", "trimmed_mean", "geometric_median", "krum", "multi_krum",
-            "centered_clipping", {"name": "krum", "pre": ["nnm"]},
+            "mean",
+            "median",
+            "trimmed_mean",
+            "geometric_median",
+            "krum",
+            "multi_krum",
+            "centered_clipping",
+            {"name": "krum", "pre": ["nnm"]},
         ],
         "attacks": ["none", "gaussian", {"name": "sign_flip", "scale": 4.0}, "alie", {"name": "ipm", "epsilon": 0.1}],
         "byzantine": [3],

@@ -22,8 +22,9 @@ from ..data import Dataset
 from ..engine import Simulator
 
 
-def stable_noise(shape: tuple[int, ...], alpha: float, scale: float, generator: torch.Generator,
-                 dtype: torch.dtype = torch.float32) -> Tensor:
+def stable_noise(
+    shape: tuple[int, ...], alpha: float, scale: float, generator: torch.Generator, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """Symmetric alpha-stable samples (0 < alpha <= 2) with scale parameter ``scale``, on the CPU."""
     if not 0.0 < alpha <= 2.0:
         raise ValueError(f"alpha must be in (0, 2], got {alpha}")

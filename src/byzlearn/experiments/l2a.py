@@ -33,7 +33,8 @@ SERVER_LR, BATCH, WORKERS, PUBLIC_BATCH, ROUNDS = 0.5, 128, 10, 32, 500
 _PAPER_NET = {"preprocess": "seed"}
 _OURS_NET = {"encoder": "set", "preprocess": "floor"}
 METHOD_NOTES = [
-    "## What is the paper's and what is ours", "",
+    "## What is the paper's and what is ours",
+    "",
     "- Paper (Ji et al. 2019, §4.2-4.3): the coordinatewise 2-layer LSTM/GRU with 20 units and a linear head; inputs "
     "divided by the per-coordinate L2 norm across workers, normalised entries below e^-p replaced by e^-p (p = 10), the "
     "output multiplied back; ARNN's extra input is each worker's loss on a small public batch; meta-loss = sum of the "
@@ -84,23 +85,48 @@ RECIPES: dict[str, dict[str, Any]] = {
     "rnn_lstm_m12": {"aggregator": {**_PAPER_NET, "cell": "lstm"}, **_FIG4_TRAINING, "task": {"workers": 12}},
 }
 PAPER_METHODS = ["rnn_lstm", "rnn_gru", "arnn_lstm", "arnn_gru"]
-TRAIN_ORDER = ["arnn_lstm_byz", "set_arnn_lstm", "rnn_lstm", "arnn_lstm", "set_rnn_lstm", "rnn_lstm_byz", "arnn_gru", "rnn_gru",
-               "rnn_lstm_m12"]
+TRAIN_ORDER = [
+    "arnn_lstm_byz",
+    "set_arnn_lstm",
+    "rnn_lstm",
+    "arnn_lstm",
+    "set_rnn_lstm",
+    "rnn_lstm_byz",
+    "arnn_gru",
+    "rnn_gru",
+    "rnn_lstm_m12",
+]
 
 
 def recipe(method: str, data_dir: str | None, quick: bool) -> dict[str, Any]:
     """The meta-training sections of ``method`` (``quick``: a tiny version on the digits data)."""
     r = RECIPES[method]
-    task = {"data": "mnist", "model": "mlp20", "workers": WORKERS, "batch_size": BATCH, "server_lr": SERVER_LR,
-            "public_size": 1000, "public_batch": PUBLIC_BATCH, "steps": 100, "unroll": 20, "meta_batch": 128,
-            **({"data_dir": data_dir} if data_dir else {}), **r.get("task", {})}
+    task = {
+        "data": "mnist",
+        "model": "mlp20",
+        "workers": WORKERS,
+        "batch_size": BATCH,
+        "server_lr": SERVER_LR,
+        "public_size": 1000,
+        "public_batch": PUBLIC_BATCH,
+        "steps": 100,
+        "unroll": 20,
+        "meta_batch": 128,
+        **({"data_dir": data_dir} if data_dir else {}),
+        **r.get("task", {}),
+    }
     meta = {"trajectories": 80, "lr": 0.01, "validate_every": 20, "patience": 0, "threads": 1, "seed": 0, **r.get("meta", {})}
     if quick:
         task.update(data="digits", steps=20, unroll=10, public_size=200, data_dir=None)
         task = {k: v for k, v in task.items() if v is not None}
         meta.update(trajectories=4, validate_every=2, validate_steps=0)
-    return {"method": method, "aggregator": dict(r["aggregator"]), "task": task,
-            "byzantine": {"counts": r["counts"], "attacks": TRAIN_ATTACKS}, "meta": meta}
+    return {
+        "method": method,
+        "aggregator": dict(r["aggregator"]),
+        "task": task,
+        "byzantine": {"counts": r["counts"], "attacks": TRAIN_ATTACKS},
+        "meta": meta,
+    }
 
 
 def _train_one(args: tuple[str, str | None, bool, str]) -> dict[str, Any]:
@@ -121,8 +147,11 @@ def ensure_aggregators(methods: list[str], root: Path, data_dir: str | None, qui
         print(f"meta-training {', '.join(todo)} into {root} ({jobs} at a time; a killed training resumes)", flush=True)
         with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=get_context("spawn")) as ex:
             for card in ex.map(_train_one, [(m, data_dir, quick, str(root / m)) for m in todo]):
-                print(f"  {card['method']}: validation {card['validation_score']:.4f}, {card['meta_steps']} meta-steps, "
-                      f"{card['wall_time']:.0f} s", flush=True)
+                print(
+                    f"  {card['method']}: validation {card['validation_score']:.4f}, {card['meta_steps']} meta-steps, "
+                    f"{card['wall_time']:.0f} s",
+                    flush=True,
+                )
     return {m: root / m for m in methods}
 
 
@@ -135,9 +164,11 @@ _DATASETS: dict[str, Dataset] = {}  # filled by the parent before forking the ru
 # score 0.365 with the bound and 1.099 without (AGGREGATOR_ROOT/set_arnn_lstm/validation_500_*.json), and networks
 # meta-trained with the bound score worse (README).
 # Fig. 6's ablations run the same weights the other way round (the paper's ARNN with the bound, ours without).
-USE_OPTIONS: dict[str, list[str]] = {"set_arnn_lstm": ["aggregator.input_clip=true"],
-                                     "arnn_lstm_clip": ["aggregator.input_clip=true"],
-                                     "set_arnn_lstm_noclip": ["aggregator.input_clip=false"]}
+USE_OPTIONS: dict[str, list[str]] = {
+    "set_arnn_lstm": ["aggregator.input_clip=true"],
+    "arnn_lstm_clip": ["aggregator.input_clip=true"],
+    "set_arnn_lstm_noclip": ["aggregator.input_clip=false"],
+}
 
 
 def aggregator_overrides(method: str, agg_dirs: dict[str, Path], krum_f: int = 3) -> list[str]:
@@ -172,18 +203,25 @@ def train_curve(engine: Any, spec: dict[str, Any], t0: float) -> dict[str, Any]:
             curve.append([r, acc, _finite(test_loss), _finite(sum(window) / len(window))])
             window = []
     wall = time.perf_counter() - t0
-    return {"method": spec["method"], "setting": spec["setting"], "final_test_accuracy": curve[-1][1],
-            "best_test_accuracy": max(c[1] for c in curve), "final_train_loss": curve[-1][3],
-            "wall_time_s": round(wall, 2), "seconds_per_round": round(wall / spec["rounds"], 5),
-            "curve": curve}
+    return {
+        "method": spec["method"],
+        "setting": spec["setting"],
+        "final_test_accuracy": curve[-1][1],
+        "best_test_accuracy": max(c[1] for c in curve),
+        "final_train_loss": curve[-1][3],
+        "wall_time_s": round(wall, 2),
+        "seconds_per_round": round(wall / spec["rounds"], 5),
+        "curve": curve,
+    }
 
 
 def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def run_all(specs: list[dict[str, Any]], datasets: dict[str, Dataset], jobs: int = 2,
-            run: Callable[[dict[str, Any]], dict[str, Any]] = run_curve) -> list[dict[str, Any]]:
+def run_all(
+    specs: list[dict[str, Any]], datasets: dict[str, Dataset], jobs: int = 2, run: Callable[[dict[str, Any]], dict[str, Any]] = run_curve
+) -> list[dict[str, Any]]:
     """``run(spec)`` for every spec, in ``jobs`` forked processes; runs read their data set from ``datasets[spec["data_key"]]``."""
     _DATASETS.clear()
     _DATASETS.update(datasets)
@@ -206,14 +244,22 @@ def mean_over_seeds(rows: list[dict[str, Any]], key: Callable[[dict[str, Any]], 
     out = {}
     for k, rs in groups.items():
         losses = [r["final_train_loss"] for r in rs if r["final_train_loss"] is not None]
-        out[k] = {"final": sum(r["final_test_accuracy"] for r in rs) / len(rs),
-                  "best": sum(r["best_test_accuracy"] for r in rs) / len(rs),
-                  "loss": sum(losses) / len(losses) if len(losses) == len(rs) else float("nan"), "seeds": len(rs)}
+        out[k] = {
+            "final": sum(r["final_test_accuracy"] for r in rs) / len(rs),
+            "best": sum(r["best_test_accuracy"] for r in rs) / len(rs),
+            "loss": sum(losses) / len(losses) if len(losses) == len(rs) else float("nan"),
+            "seeds": len(rs),
+        }
     return out
 
 
-def plot_curves(rows: list[dict[str, Any]], path: Path, title: str, label: Callable[[dict[str, Any]], str] = lambda r: r["method"],
-                panel: Callable[[dict[str, Any]], str] | None = None) -> Path:
+def plot_curves(
+    rows: list[dict[str, Any]],
+    path: Path,
+    title: str,
+    label: Callable[[dict[str, Any]], str] = lambda r: r["method"],
+    panel: Callable[[dict[str, Any]], str] | None = None,
+) -> Path:
     """Training loss (top) and test accuracy (bottom) against rounds, one line per label (mean over seeds).
 
     With ``panel``, one column per panel value (an attack, a model, a data set), each label keeping its colour in every
@@ -265,22 +311,31 @@ def wall_line(wall: float, t_train: float, root: Path) -> str:
     """The report's wall-time line, saying whether any aggregator had to be meta-trained first."""
     if t_train < 0.5:
         return f"Wall time: {wall:.0f} s (no meta-training: every aggregator was already trained in `{root}`)."
-    return (f"Wall time: {wall:.0f} s, of which {t_train:.0f} s meta-training the aggregators that were not trained yet "
-            f"(kept in `{root}` and reused).")
+    return (
+        f"Wall time: {wall:.0f} s, of which {t_train:.0f} s meta-training the aggregators that were not trained yet "
+        f"(kept in `{root}` and reused)."
+    )
 
 
 def card_summary(agg_dirs: dict[str, Path]) -> str:
     """A markdown table of the aggregators used: validation score, meta-steps, training time."""
-    lines = ["| aggregator | network | trained with Byzantine counts | validation score | meta-steps | training time (s) | meta-steps/s |",
-             "|---|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "| aggregator | network | trained with Byzantine counts | validation score | meta-steps | training time (s) | meta-steps/s |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
     for m, d in agg_dirs.items():
         c = json.loads((d / "card.json").read_text())
         n = c["network"]
-        net = f"{n['encoder']}, {n['cell']} {n['layers']}x{n['hidden']}, {c['preprocess']}" + (", loss info" if n["loss_info"] else "") \
-            + (", input clip" if c.get("input_clip") else "") \
+        net = (
+            f"{n['encoder']}, {n['cell']} {n['layers']}x{n['hidden']}, {c['preprocess']}"
+            + (", loss info" if n["loss_info"] else "")
+            + (", input clip" if c.get("input_clip") else "")
             + "".join(f"; run with {o.split('.', 1)[1]}" for o in USE_OPTIONS.get(m, []))
+        )
         counts = c["training_config"]["byzantine"]["counts"]
         name = m if d.name == m else f"{m} (`{d.name}`)"
-        lines.append(f"| {name} | {net} | {counts} | {c['validation_score']:.4f} | {c['meta_steps']} | {c['wall_time']:.0f} | "
-                     f"{c['meta_steps_per_second']:.2f} |")
+        lines.append(
+            f"| {name} | {net} | {counts} | {c['validation_score']:.4f} | {c['meta_steps']} | {c['wall_time']:.0f} | "
+            f"{c['meta_steps_per_second']:.2f} |"
+        )
     return "\n".join(lines)

@@ -121,9 +121,14 @@ def expand(raw: dict[str, Any]) -> list[Cell]:
                         cfg = config_mod.from_dict(cell_raw)
                         validate(cfg)
                         setting = {
-                            "attack": _label(attack), "byzantine": f, "workers": cfg.workers.n,
-                            "heterogeneity": _het_label(het), "partition": cfg.data.partition,
-                            "data": cfg.data.name, "model": cfg.model.name, "seed": seed,
+                            "attack": _label(attack),
+                            "byzantine": f,
+                            "workers": cfg.workers.n,
+                            "heterogeneity": _het_label(het),
+                            "partition": cfg.data.partition,
+                            "data": cfg.data.name,
+                            "model": cfg.model.name,
+                            "seed": seed,
                         }
                         if cfg.data.partition == "dirichlet":
                             setting["alpha"] = cfg.data.alpha
@@ -185,7 +190,7 @@ def run_cells(cells: list[tuple[dict[str, Any], Path]], jobs: int = 1, progress:
 
 
 def run_matrix(
-    raw: dict[str, Any], out: str | Path, jobs: int = 1, progress: bool | None = None, command: str | None = None,
+    raw: dict[str, Any], out: str | Path, jobs: int = 1, progress: bool | None = None, command: str | None = None
 ) -> list[dict[str, Any]]:
     """Run every cell not finished yet (``jobs`` processes at once) and write the result files."""
     out = Path(out)
@@ -197,11 +202,17 @@ def run_matrix(
     rows = []
     for c in cells:
         s = json.loads((out / "cells" / c.slug / "summary.json").read_text())
-        rows.append({
-            "method": c.method, "setting": c.setting,
-            "final_test_accuracy": s["final_test_accuracy"], "best_test_accuracy": s["best_test_accuracy"],
-            "wall_time": s["wall_time"], "rounds": s["rounds"], "run": f"cells/{c.slug}",
-        })
+        rows.append(
+            {
+                "method": c.method,
+                "setting": c.setting,
+                "final_test_accuracy": s["final_test_accuracy"],
+                "best_test_accuracy": s["best_test_accuracy"],
+                "wall_time": s["wall_time"],
+                "rounds": s["rounds"],
+                "run": f"cells/{c.slug}",
+            }
+        )
     write_results(rows, out, time.perf_counter() - t0, command)
     return rows
 
@@ -214,8 +225,12 @@ def _column_labels(rows: list[dict[str, Any]]) -> list[str]:
     labels = []
     for r in rows:
         s = r["setting"]
-        labels.append(f"{s['attack']} f={s['byzantine']}" + (f" {s['heterogeneity']}" if hets else "")
-                      + (f" m={s.get('momentum', 0.0)}" if moms else "") + (f" s{s['seed']}" if seeds else ""))
+        labels.append(
+            f"{s['attack']} f={s['byzantine']}"
+            + (f" {s['heterogeneity']}" if hets else "")
+            + (f" m={s.get('momentum', 0.0)}" if moms else "")
+            + (f" s{s['seed']}" if seeds else "")
+        )
     return labels
 
 
@@ -232,8 +247,9 @@ def write_results(rows: list[dict[str, Any]], out: Path, wall: float, command: s
         w = csv.writer(fh)
         w.writerow(["method", *keys, "final_test_accuracy", "best_test_accuracy", "wall_time"])
         for r in clean:
-            w.writerow([r["method"], *[r["setting"].get(k, "") for k in keys], r["final_test_accuracy"], r["best_test_accuracy"],
-                        r["wall_time"]])
+            w.writerow(
+                [r["method"], *[r["setting"].get(k, "") for k in keys], r["final_test_accuracy"], r["best_test_accuracy"], r["wall_time"]]
+            )
     lines = ["| rule | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for m in methods:
         cells = [f"{100 * grid[(m, c)]['final_test_accuracy']:.1f}" if (m, c) in grid else "" for c in cols]
@@ -242,9 +258,11 @@ def write_results(rows: list[dict[str, Any]], out: Path, wall: float, command: s
     (out / "table.md").write_text(table + "\n")
     _heatmap(methods, cols, grid, out / "heatmap.png")
     cell_time = sum(r["wall_time"] for r in rows)
-    meta = (f"{len(rows)} cells; wall time of this invocation {wall:.1f} s (cells run now; finished cells are "
-            f"skipped), {cell_time:.0f} s of training summed over all cells; machine {platform.machine()}, "
-            f"{os.cpu_count()} cores, torch {torch.__version__}.")
+    meta = (
+        f"{len(rows)} cells; wall time of this invocation {wall:.1f} s (cells run now; finished cells are "
+        f"skipped), {cell_time:.0f} s of training summed over all cells; machine {platform.machine()}, "
+        f"{os.cpu_count()} cores, torch {torch.__version__}."
+    )
     cmd = f"Command: `{command}`\n\n" if command else ""
     (out / "results.md").write_text(
         "# Robustness matrix\n\nFinal test accuracy (%) per rule (rows) and attack / Byzantine count (columns); "
@@ -252,9 +270,17 @@ def write_results(rows: list[dict[str, Any]], out: Path, wall: float, command: s
     )
 
 
-def _heatmap(methods: list[str], cols: list[str], grid: dict, path: Path, key: str = "final_test_accuracy",
-             label: str = "final test accuracy (%)", title: str = "robustness matrix",
-             texts: dict | None = None, row_height: float = 0.45) -> None:
+def _heatmap(
+    methods: list[str],
+    cols: list[str],
+    grid: dict,
+    path: Path,
+    key: str = "final_test_accuracy",
+    label: str = "final test accuracy (%)",
+    title: str = "robustness matrix",
+    texts: dict | None = None,
+    row_height: float = 0.45,
+) -> None:
     """Rows ``methods`` x columns ``cols`` of ``100 * grid[(row, col)][key]``; ``texts[(row, col)]``
     replaces a cell's printed number."""
     import matplotlib
@@ -300,7 +326,7 @@ def load_matrix_config(path: str | Path | None, overrides: list[str], sections: 
         if name in sections:
             if "=" not in o:
                 raise ConfigError(f"--set expects section.key=value (e.g. matrix.seeds=[0, 1]), got {o!r}")
-            key, text = o[len(name) + 1:].split("=", 1)
+            key, text = o[len(name) + 1 :].split("=", 1)
             extra[name][key] = config_mod.parse_value(text)
     raw.update(extra)
     return raw

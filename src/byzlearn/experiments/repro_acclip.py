@@ -64,9 +64,15 @@ def _run(spec: dict[str, Any]) -> dict[str, Any]:
     """One run: returns a results.json row (with its accuracy curve)."""
     s = spec["setting"]
     over = [
-        f"data.name={s['data']}", f"model.name={s['model']}", f"workers.n={s['n']}", f"workers.byzantine={s['byzantine']}",
-        f"attack.name={s['attack']}", f"aggregator.name={s['aggregator']}", f"train.seed={s['seed']}",
-        f"train.rounds={s['rounds']}", "train.threads=1",
+        f"data.name={s['data']}",
+        f"model.name={s['model']}",
+        f"workers.n={s['n']}",
+        f"workers.byzantine={s['byzantine']}",
+        f"attack.name={s['attack']}",
+        f"aggregator.name={s['aggregator']}",
+        f"train.seed={s['seed']}",
+        f"train.rounds={s['rounds']}",
+        "train.threads=1",
     ]
     over += [f"optimizer.{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in {**spec["optimizer"], "lr": s["lr"]}.items()]
     cfg = config_mod.load(None, over)
@@ -80,19 +86,43 @@ def _run(spec: dict[str, Any]) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     tail = [x for x in losses[-20:]]
     return {
-        "method": spec["method"], "setting": s, "part": spec["part"], "optimizer": spec["optimizer"],
-        "final_test_accuracy": curve[-1][1], "best_test_accuracy": max(a for _, a in curve),
-        "final_train_loss": _finite(sum(tail) / len(tail)), "wall_time_s": round(wall, 2),
+        "method": spec["method"],
+        "setting": s,
+        "part": spec["part"],
+        "optimizer": spec["optimizer"],
+        "final_test_accuracy": curve[-1][1],
+        "best_test_accuracy": max(a for _, a in curve),
+        "final_train_loss": _finite(sum(tail) / len(tail)),
+        "wall_time_s": round(wall, 2),
         "curve": [[r, a] for r, a in curve],
     }
 
 
-def _setting(data: str, model: str, rounds: int, noise: tuple[str, float, float], lr: float, seed: int,
-             byz: int = 0, attack: str = "none", rule: str = "mean") -> dict[str, Any]:
+def _setting(
+    data: str,
+    model: str,
+    rounds: int,
+    noise: tuple[str, float, float],
+    lr: float,
+    seed: int,
+    byz: int = 0,
+    attack: str = "none",
+    rule: str = "mean",
+) -> dict[str, Any]:
     label, alpha, scale = noise
     return {
-        "data": data, "model": model, "n": 10, "byzantine": byz, "attack": attack, "aggregator": rule,
-        "noise": label, "noise_alpha": alpha, "noise_scale": scale, "lr": lr, "seed": seed, "rounds": rounds,
+        "data": data,
+        "model": model,
+        "n": 10,
+        "byzantine": byz,
+        "attack": attack,
+        "aggregator": rule,
+        "noise": label,
+        "noise_alpha": alpha,
+        "noise_scale": scale,
+        "lr": lr,
+        "seed": seed,
+        "rounds": rounds,
     }
 
 
@@ -119,10 +149,17 @@ def reproduce(out: Path, quick: bool, data_dir: str | None) -> None:
 
     # -- part 1: learning-rate grid on seed 0, the picked rate again on seed 1 ---------------------------
     grid = [
-        {"method": m, "part": "noise", "optimizer": fixed, "eval_every": eval_every,
-         "setting": _setting(data, model, rounds, nz, lr, seed=0)}
-        for nz in noise_set for m, (variants, lrs) in METHODS.items()
-        for fixed in (variants[:1] if quick else variants) for lr in (lrs[2:3] if quick else lrs)
+        {
+            "method": m,
+            "part": "noise",
+            "optimizer": fixed,
+            "eval_every": eval_every,
+            "setting": _setting(data, model, rounds, nz, lr, seed=0),
+        }
+        for nz in noise_set
+        for m, (variants, lrs) in METHODS.items()
+        for fixed in (variants[:1] if quick else variants)
+        for lr in (lrs[2:3] if quick else lrs)
     ]
     rows = _map(grid, jobs)
     # the rate (and variant) is picked on the honest workers' final training loss (never on test data)
@@ -135,8 +172,7 @@ def reproduce(out: Path, quick: bool, data_dir: str | None) -> None:
     for r in rows:
         r["picked_lr"] = r is picked[(r["method"], r["setting"]["noise"])]
     reruns = [
-        {"method": m, "part": "noise", "optimizer": r["optimizer"], "eval_every": eval_every,
-         "setting": {**r["setting"], "seed": 1}}
+        {"method": m, "part": "noise", "optimizer": r["optimizer"], "eval_every": eval_every, "setting": {**r["setting"], "seed": 1}}
         for (m, _), r in picked.items()
     ]
     for r in _map(reruns, jobs):
@@ -146,9 +182,16 @@ def reproduce(out: Path, quick: bool, data_dir: str | None) -> None:
     # -- part 2: rules x attacks x optimisers, 3 Byzantine of 10, heavy-tailed noise ------------------------
     nz = next(x for x in noise_set if x[0] == ATTACK_NOISE)
     specs = [
-        {"method": m, "part": "attack", "optimizer": picked[(m, ATTACK_NOISE)]["optimizer"], "eval_every": eval_every,
-         "setting": _setting(data, model, rounds, nz, picked[(m, ATTACK_NOISE)]["setting"]["lr"], 0, 3, atk, rule)}
-        for rule in rules for atk in attacks for m in ATTACK_METHODS
+        {
+            "method": m,
+            "part": "attack",
+            "optimizer": picked[(m, ATTACK_NOISE)]["optimizer"],
+            "eval_every": eval_every,
+            "setting": _setting(data, model, rounds, nz, picked[(m, ATTACK_NOISE)]["setting"]["lr"], 0, 3, atk, rule),
+        }
+        for rule in rules
+        for atk in attacks
+        for m in ATTACK_METHODS
     ]
     rows += _map(specs, jobs)
     wall = time.perf_counter() - t_start
@@ -202,7 +245,7 @@ def _figures(rows: list[dict[str, Any]], out: Path, noise_set: list, rules: list
     rows_n = math.ceil(len(labels) / cols)
     fig, axes = plt.subplots(rows_n, cols, figsize=(3.2 * cols, 3.2 * rows_n), sharey=True, squeeze=False)
     axes = axes.flatten()
-    for ax in axes[len(labels):]:
+    for ax in axes[len(labels) :]:
         ax.axis("off")
     for ax, n in zip(axes, labels):
         for m in METHODS:
@@ -222,8 +265,15 @@ def _figures(rows: list[dict[str, Any]], out: Path, noise_set: list, rules: list
     fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(groups)), 4))
     w = 0.8 / len(ATTACK_METHODS)
     for j, m in enumerate(ATTACK_METHODS):
-        ys = [100 * next(r["final_test_accuracy"] for r in part2 if r["method"] == m and r["setting"]["aggregator"] == g[0]
-                         and r["setting"]["attack"] == g[1]) for g in groups]
+        ys = [
+            100
+            * next(
+                r["final_test_accuracy"]
+                for r in part2
+                if r["method"] == m and r["setting"]["aggregator"] == g[0] and r["setting"]["attack"] == g[1]
+            )
+            for g in groups
+        ]
         ax.bar([i + (j - (len(ATTACK_METHODS) - 1) / 2) * w for i in range(len(groups))], ys, w, label=m)
     ax.set_xticks(range(len(groups)), [f"{a}\n{b}" for a, b in groups], fontsize=7)
     ax.set(ylabel="final test accuracy (%)", title=f"3 Byzantine of 10, noise {ATTACK_NOISE}, seed 0")
@@ -234,8 +284,16 @@ def _figures(rows: list[dict[str, Any]], out: Path, noise_set: list, rules: list
     plt.close(fig)
 
 
-def _report(rows: list[dict[str, Any]], out: Path, noise_set: list, rules: list[str], attacks: list[str],
-            wall: float, quick: bool, data_dir: str | None) -> None:
+def _report(
+    rows: list[dict[str, Any]],
+    out: Path,
+    noise_set: list,
+    rules: list[str],
+    attacks: list[str],
+    wall: float,
+    quick: bool,
+    data_dir: str | None,
+) -> None:
     labels = [n[0] for n in noise_set]
     cmd = "byzlearn reproduce acclip" + (f" --data-dir {data_dir}" if data_dir else "") + (" --quick" if quick else "")
     t1 = ["| method | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
@@ -249,13 +307,27 @@ def _report(rows: list[dict[str, Any]], out: Path, noise_set: list, rules: list[
     t2 = ["| rule | attack | " + " | ".join(ATTACK_METHODS) + " |", "|---|---|" + "---|" * len(ATTACK_METHODS)]
     for rule in rules:
         for atk in attacks:
-            accs = [next(r["final_test_accuracy"] for r in part2 if r["method"] == m and r["setting"]["aggregator"] == rule
-                         and r["setting"]["attack"] == atk) for m in ATTACK_METHODS]
+            accs = [
+                next(
+                    r["final_test_accuracy"]
+                    for r in part2
+                    if r["method"] == m and r["setting"]["aggregator"] == rule and r["setting"]["attack"] == atk
+                )
+                for m in ATTACK_METHODS
+            ]
             t2.append(f"| {rule} | {atk} | " + " | ".join(f"{100 * a:.1f}" for a in accs) + " |")
     run_time = sum(r["wall_time_s"] for r in rows)
     text = TEMPLATE.format(
-        table1="\n".join(t1), table2="\n".join(t2), command=cmd, machine=machine(), wall=wall / 60, runs=len(rows),
-        comparison=_comparison(rows, labels), attack_noise=ATTACK_NOISE, run_time=run_time / 60, rounds=rows[0]["setting"]["rounds"],
+        table1="\n".join(t1),
+        table2="\n".join(t2),
+        command=cmd,
+        machine=machine(),
+        wall=wall / 60,
+        runs=len(rows),
+        comparison=_comparison(rows, labels),
+        attack_noise=ATTACK_NOISE,
+        run_time=run_time / 60,
+        rounds=rows[0]["setting"]["rounds"],
         quick="\n**QUICK RUN (smoke check, not the committed study).**\n" if quick else "",
     )
     (out / "results.md").write_text(text)
@@ -269,10 +341,15 @@ def _comparison(rows: list[dict[str, Any]], labels: list[str]) -> str:
         heavy = [h for h in heavy if h in labels]
         if gauss not in labels or not heavy:
             continue
-        lines.append(f"Scale {sc:g}: drop in final accuracy from Gaussian noise to " + " / ".join(f"`{h}`" for h in heavy)
-                     + " (points, mean of 2 seeds): " + "; ".join(
-                         f"{m} " + " / ".join(f"{100 * (_cell(rows, m, gauss)[0] - _cell(rows, m, h)[0]):.1f}" for h in heavy)
-                         for m in METHODS) + ".")
+        lines.append(
+            f"Scale {sc:g}: drop in final accuracy from Gaussian noise to "
+            + " / ".join(f"`{h}`" for h in heavy)
+            + " (points, mean of 2 seeds): "
+            + "; ".join(
+                f"{m} " + " / ".join(f"{100 * (_cell(rows, m, gauss)[0] - _cell(rows, m, h)[0]):.1f}" for h in heavy) for m in METHODS
+            )
+            + "."
+        )
     return "\n\n".join(lines) + "\n\n" + DISCUSSION
 
 

@@ -51,8 +51,16 @@ def _finite(x: float) -> float | None:
 
 
 def _sim(data: str, model: str, optimizer: dict[str, Any], seed: int, dataset: Dataset, rounds: int = 1) -> Simulator:
-    over = [f"data.name={data}", f"model.name={model}", "workers.n=10", "aggregator.name=mean", "attack.name=none",
-            f"train.seed={seed}", f"train.rounds={rounds}", "train.threads=1"]
+    over = [
+        f"data.name={data}",
+        f"model.name={model}",
+        "workers.n=10",
+        "aggregator.name=mean",
+        "attack.name=none",
+        f"train.seed={seed}",
+        f"train.rounds={rounds}",
+        "train.threads=1",
+    ]
     over += [f"optimizer.{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in optimizer.items()]
     return Simulator(config_mod.load(None, over), dataset=dataset)
 
@@ -69,12 +77,16 @@ def _run(spec: dict[str, Any]) -> dict[str, Any]:
             curve.append((r, sim.evaluate()[1]))
     tail = losses[-20:]
     return {
-        "method": spec["method"], "setting": s,
-        "final_test_accuracy": curve[-1][1], "best_test_accuracy": max(a for _, a in curve),
-        "final_train_loss": _finite(sum(tail) / len(tail)), "wall_time_s": round(time.perf_counter() - t0, 2),
+        "method": spec["method"],
+        "setting": s,
+        "final_test_accuracy": curve[-1][1],
+        "best_test_accuracy": max(a for _, a in curve),
+        "final_train_loss": _finite(sum(tail) / len(tail)),
+        "wall_time_s": round(time.perf_counter() - t0, 2),
         "curve": [[r, a] for r, a in curve],
-        "train_loss_curve": [[r, _finite(sum(losses[max(0, r - 10):r]) / len(losses[max(0, r - 10):r]))]
-                             for r in range(10, s["rounds"] + 1, 10)],
+        "train_loss_curve": [
+            [r, _finite(sum(losses[max(0, r - 10) : r]) / len(losses[max(0, r - 10) : r]))] for r in range(10, s["rounds"] + 1, 10)
+        ],
     }
 
 
@@ -90,7 +102,7 @@ def _full_gradient(sim: Simulator, chunk: int = 5000) -> Tensor:
     g = grad(sim._loss)
     total, n = torch.zeros(sim.d), sim.y_train.shape[0]
     for a in range(0, n, chunk):
-        x, y = sim.x_train[a:a + chunk], sim.y_train[a:a + chunk]
+        x, y = sim.x_train[a : a + chunk], sim.y_train[a : a + chunk]
         total += g(sim.theta.detach(), x, y) * y.shape[0]
     return total / n
 
@@ -111,11 +123,18 @@ def noise_norms(sim: Simulator, samples: int, batch: int, gen: torch.Generator, 
     norms, gnorms = E.norm(dim=1), gauss.norm(dim=1)
     q = lambda v, p: float(v.quantile(p))  # noqa: E731
     return {
-        "batch": batch, "samples": samples, "full_grad_norm": float(full.norm()),
-        "median": q(norms, 0.5), "p99_over_median": q(norms, 0.99) / q(norms, 0.5), "max_over_median": float(norms.max()) / q(norms, 0.5),
-        "hill": hill(norms), "gauss_p99_over_median": q(gnorms, 0.99) / q(gnorms, 0.5),
-        "gauss_max_over_median": float(gnorms.max()) / q(gnorms, 0.5), "gauss_hill": hill(gnorms),
-        "norms": norms.tolist(), "gauss_norms": gnorms.tolist(),
+        "batch": batch,
+        "samples": samples,
+        "full_grad_norm": float(full.norm()),
+        "median": q(norms, 0.5),
+        "p99_over_median": q(norms, 0.99) / q(norms, 0.5),
+        "max_over_median": float(norms.max()) / q(norms, 0.5),
+        "hill": hill(norms),
+        "gauss_p99_over_median": q(gnorms, 0.99) / q(gnorms, 0.5),
+        "gauss_max_over_median": float(gnorms.max()) / q(gnorms, 0.5),
+        "gauss_hill": hill(gnorms),
+        "norms": norms.tolist(),
+        "gauss_norms": gnorms.tolist(),
     }
 
 
@@ -131,8 +150,17 @@ def measure_tails(tasks: list[tuple[str, str, Dataset]], train_rounds: int, samp
             acc = sim.evaluate()[1]
             for batch in (1, 32):
                 gen = torch.Generator().manual_seed(7 + batch)
-                out.append({"data": data, "model": model, "d": sim.d, "stage": stage, "rounds": 0 if stage == "init" else train_rounds,
-                            "test_accuracy": acc, **noise_norms(sim, samples, batch, gen)})
+                out.append(
+                    {
+                        "data": data,
+                        "model": model,
+                        "d": sim.d,
+                        "stage": stage,
+                        "rounds": 0 if stage == "init" else train_rounds,
+                        "test_accuracy": acc,
+                        **noise_norms(sim, samples, batch, gen),
+                    }
+                )
     return out
 
 
@@ -151,10 +179,25 @@ def reproduce(out: Path, quick: bool, data_dir: str | None) -> None:
     tails = measure_tails([("sequence", "attention", _DATASET), (ref_name, "mlp20", ref)], tail_rounds, samples)
     t_tail = time.perf_counter() - t_start
 
-    grid = [{"method": m, "optimizer": fixed, "eval_every": eval_every,
-             "setting": {"data": "sequence", "model": "attention", "n": 10, "aggregator": "mean", "attack": "none",
-                         "lr": lr, "seed": 0, "rounds": rounds}}
-            for m, (fixed, lrs) in METHODS.items() for lr in (lrs[1:2] if quick else lrs)]
+    grid = [
+        {
+            "method": m,
+            "optimizer": fixed,
+            "eval_every": eval_every,
+            "setting": {
+                "data": "sequence",
+                "model": "attention",
+                "n": 10,
+                "aggregator": "mean",
+                "attack": "none",
+                "lr": lr,
+                "seed": 0,
+                "rounds": rounds,
+            },
+        }
+        for m, (fixed, lrs) in METHODS.items()
+        for lr in (lrs[1:2] if quick else lrs)
+    ]
     with ProcessPoolExecutor(jobs, mp_context=get_context("fork"), initializer=_init_worker) as ex:
         rows = list(ex.map(_run, grid))
         loss = lambda r: r["final_train_loss"] if r["final_train_loss"] is not None else math.inf  # noqa: E731
@@ -164,8 +207,10 @@ def reproduce(out: Path, quick: bool, data_dir: str | None) -> None:
                 picked[r["method"]] = r
         for r in rows:
             r["picked_lr"] = r is picked[r["method"]]
-        reruns = [{"method": m, "optimizer": METHODS[m][0], "eval_every": eval_every, "setting": {**r["setting"], "seed": 1}}
-                  for m, r in picked.items()]
+        reruns = [
+            {"method": m, "optimizer": METHODS[m][0], "eval_every": eval_every, "setting": {**r["setting"], "seed": 1}}
+            for m, r in picked.items()
+        ]
         for r in ex.map(_run, reruns):
             r["picked_lr"] = True
             rows.append(r)
@@ -221,19 +266,25 @@ def _figures(rows: list[dict[str, Any]], tails: list[dict[str, Any]], out: Path)
     plt.close(fig)
 
 
-def _report(rows: list[dict[str, Any]], tails: list[dict[str, Any]], out: Path, wall: float, t_tail: float,
-            quick: bool, data_dir: str | None) -> None:
+def _report(
+    rows: list[dict[str, Any]], tails: list[dict[str, Any]], out: Path, wall: float, t_tail: float, quick: bool, data_dir: str | None
+) -> None:
     cmd = "byzlearn reproduce acclip-attention" + (f" --data-dir {data_dir}" if data_dir else "") + (" --quick" if quick else "")
-    t1 = ["| model / data | stage (test acc.) | batch | Hill index (top 5%) | same-cov. Gaussian Hill | p99/median | Gaussian p99/median "
-          "| max/median | Gaussian max/median |",
-          "|---|---|---|---|---|---|---|---|---|"]
+    t1 = [
+        "| model / data | stage (test acc.) | batch | Hill index (top 5%) | same-cov. Gaussian Hill | p99/median | Gaussian p99/median "
+        "| max/median | Gaussian max/median |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for t in tails:
-        t1.append(f"| {t['model']} / {t['data']} (d = {t['d']}) | {t['stage']} ({100 * t['test_accuracy']:.1f}%) | {t['batch']} | "
-                  f"{t['hill']:.1f} | {t['gauss_hill']:.1f} | {t['p99_over_median']:.2f} | {t['gauss_p99_over_median']:.2f} | "
-                  f"{t['max_over_median']:.2f} | {t['gauss_max_over_median']:.2f} |")
-    t2 = ["| method | lr grid | picked lr | final train loss (seed 0 / 1) | final test acc. % (seed 0 / 1, mean) "
-          "| best test acc. % (mean) |",
-          "|---|---|---|---|---|---|"]
+        t1.append(
+            f"| {t['model']} / {t['data']} (d = {t['d']}) | {t['stage']} ({100 * t['test_accuracy']:.1f}%) | {t['batch']} | "
+            f"{t['hill']:.1f} | {t['gauss_hill']:.1f} | {t['p99_over_median']:.2f} | {t['gauss_p99_over_median']:.2f} | "
+            f"{t['max_over_median']:.2f} | {t['gauss_max_over_median']:.2f} |"
+        )
+    t2 = [
+        "| method | lr grid | picked lr | final train loss (seed 0 / 1) | final test acc. % (seed 0 / 1, mean) | best test acc. % (mean) |",
+        "|---|---|---|---|---|---|",
+    ]
     for m, (_, lrs) in METHODS.items():
         sel = sorted(_picked(rows, m), key=lambda r: r["setting"]["seed"])
         fl = " / ".join(f"{r['final_train_loss']:.3f}" if r["final_train_loss"] is not None else "nan" for r in sel)
@@ -245,13 +296,25 @@ def _report(rows: list[dict[str, Any]], tails: list[dict[str, Any]], out: Path, 
     for r in rows:
         if r["setting"]["seed"] == 0:
             fl = f"{r['final_train_loss']:.3f}" if r["final_train_loss"] is not None else "nan"
-            t3.append(f"| {r['method']} | {r['setting']['lr']:g}{' (picked)' if r.get('picked_lr') else ''} | {fl} | "
-                      f"{100 * r['final_test_accuracy']:.1f} |")
+            t3.append(
+                f"| {r['method']} | {r['setting']['lr']:g}{' (picked)' if r.get('picked_lr') else ''} | {fl} | "
+                f"{100 * r['final_test_accuracy']:.1f} |"
+            )
     text = TEMPLATE.format(
-        quick="\n**QUICK RUN (smoke check, not the committed study).**\n" if quick else "", command=cmd, machine=machine(),
-        wall=wall / 60, tail_time=t_tail / 60, runs=len(rows), run_time=sum(r["wall_time_s"] for r in rows) / 60,
-        rounds=rows[0]["setting"]["rounds"], tails="\n".join(t1), table="\n".join(t2), grid="\n".join(t3),
-        samples=tails[0]["samples"], tail_rounds=tails[-1]["rounds"], ref=tails[-1]["data"],
+        quick="\n**QUICK RUN (smoke check, not the committed study).**\n" if quick else "",
+        command=cmd,
+        machine=machine(),
+        wall=wall / 60,
+        tail_time=t_tail / 60,
+        runs=len(rows),
+        run_time=sum(r["wall_time_s"] for r in rows) / 60,
+        rounds=rows[0]["setting"]["rounds"],
+        tails="\n".join(t1),
+        table="\n".join(t2),
+        grid="\n".join(t3),
+        samples=tails[0]["samples"],
+        tail_rounds=tails[-1]["rounds"],
+        ref=tails[-1]["data"],
         comparison=_comparison(rows, tails),
     )
     (out / "results.md").write_text(text)
@@ -261,8 +324,10 @@ def _comparison(rows: list[dict[str, Any]], tails: list[dict[str, Any]]) -> str:
     """The measured figures the reading rests on (computed), then the reading (text; see DISCUSSION)."""
     acc = {m: sum(r["final_test_accuracy"] for r in _picked(rows, m)) / len(_picked(rows, m)) for m in METHODS}
     hills = ", ".join(f"{t['model']} {t['stage']} batch {t['batch']}: {t['hill']:.1f} (Gaussian {t['gauss_hill']:.1f})" for t in tails)
-    return ("Final test accuracy, mean of 2 seeds: " + ", ".join(f"{m} {100 * a:.1f}%" for m, a in acc.items()) + ".\n"
-            f"Hill indices of the noise norms: {hills}.\n\n" + DISCUSSION)
+    return (
+        "Final test accuracy, mean of 2 seeds: " + ", ".join(f"{m} {100 * a:.1f}%" for m, a in acc.items()) + ".\n"
+        f"Hill indices of the noise norms: {hills}.\n\n" + DISCUSSION
+    )
 
 
 DISCUSSION = """Reading of the committed run (the text does not change with a rerun, the numbers above might):

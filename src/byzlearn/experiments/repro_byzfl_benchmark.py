@@ -42,11 +42,17 @@ GAMMAS = [1.0, 0.66, 0.33, 0.0]
 SEEDS = [0, 1, 2]
 PRE = [{"name": "clipping", "c": 2.0}, "nnm"]
 RULES = {"TrMean": {"name": "trimmed_mean", "pre": PRE}, "GeometricMedian": {"name": "geometric_median", "pre": PRE}}
-ATTACKS = {"SignFlipping": {"name": "sign_flip", "reference": "mean"}, "Optimal_InnerProductManipulation": {"name": "ipm_optimal"},
-           "Optimal_ALittleIsEnough": {"name": "alie_optimal", "direction": "plus"}}
+ATTACKS = {
+    "SignFlipping": {"name": "sign_flip", "reference": "mean"},
+    "Optimal_InnerProductManipulation": {"name": "ipm_optimal"},
+    "Optimal_ALittleIsEnough": {"name": "alie_optimal", "direction": "plus"},
+}
 METHOD = {"TrMean": "clipping+nnm+trimmed_mean", "GeometricMedian": "clipping+nnm+geometric_median"}
-ATTACK_LABEL = {"SignFlipping": "sign_flip(reference=mean)", "Optimal_InnerProductManipulation": "ipm_optimal",
-                "Optimal_ALittleIsEnough": "alie_optimal(direction=plus)"}
+ATTACK_LABEL = {
+    "SignFlipping": "sign_flip(reference=mean)",
+    "Optimal_InnerProductManipulation": "ipm_optimal",
+    "Optimal_ALittleIsEnough": "alie_optimal(direction=plus)",
+}
 
 
 def config(data_dir: str | None, quick: bool) -> dict[str, Any]:
@@ -62,8 +68,11 @@ def config(data_dir: str | None, quick: bool) -> dict[str, Any]:
         "optimizer": {"name": "sgd", "lr": 0.1, "weight_decay": 1e-4},
         "train": {"rounds": steps, "eval_every": 10 if quick else 50, "checkpoint_every": steps, "threads": 1},
         "matrix": {
-            "honest": 10, "byzantine": [1, 4] if quick else FS, "seeds": [0] if quick else SEEDS,
-            "aggregators": list(RULES.values()), "attacks": list(ATTACKS.values()),
+            "honest": 10,
+            "byzantine": [1, 4] if quick else FS,
+            "seeds": [0] if quick else SEEDS,
+            "aggregators": list(RULES.values()),
+            "attacks": list(ATTACKS.values()),
             "data": [{"partition": "gamma_similarity", "gamma": g} for g in ([1.0, 0.0] if quick else GAMMAS)],
         },
         "tune": {"lr": [0.1], "momentum": [0.9], "weight_decay": [1e-4]},
@@ -104,16 +113,28 @@ def side_by_side(rows_cells: list[dict[str, Any]], byzfl: list[dict[str, Any]]) 
         b_final = _spread([r["final_test_accuracy"] for r in mine])
         z_final = _spread([r["final_test_accuracy"] for r in runs])
         row = {
-            "method": key[0], "attack": key[1], "byzantine": key[2], "gamma": key[3],
-            "byzlearn": {"final": b_final, "best": _spread([r["best_test_accuracy"] for r in mine]),
-                         "wall_s": statistics.fmean(r["wall_time"] for r in mine), "seeds": len(mine)},
-            "byzfl": {"final": z_final, "best": _spread([r["best_test_accuracy"] for r in runs]),
-                      "wall_s": statistics.fmean(r["train_time_s"] for r in runs), "seeds": len(runs)},
+            "method": key[0],
+            "attack": key[1],
+            "byzantine": key[2],
+            "gamma": key[3],
+            "byzlearn": {
+                "final": b_final,
+                "best": _spread([r["best_test_accuracy"] for r in mine]),
+                "wall_s": statistics.fmean(r["wall_time"] for r in mine),
+                "seeds": len(mine),
+            },
+            "byzfl": {
+                "final": z_final,
+                "best": _spread([r["best_test_accuracy"] for r in runs]),
+                "wall_s": statistics.fmean(r["train_time_s"] for r in runs),
+                "seeds": len(runs),
+            },
         }
         # within the seed spread: the ranges overlap, or the means differ by less than the wider range
         gap = abs(b_final["mean"] - z_final["mean"])
-        row["overlap"] = (b_final["min"] <= z_final["max"] and z_final["min"] <= b_final["max"]) or \
-            gap <= max(b_final["max"] - b_final["min"], z_final["max"] - z_final["min"])
+        row["overlap"] = (b_final["min"] <= z_final["max"] and z_final["min"] <= b_final["max"]) or gap <= max(
+            b_final["max"] - b_final["min"], z_final["max"] - z_final["min"]
+        )
         row["difference"] = b_final["mean"] - z_final["mean"]
         row["speedup"] = row["byzfl"]["wall_s"] / row["byzlearn"]["wall_s"]
         out.append(row)
@@ -140,27 +161,46 @@ def reproduce(out: Path, quick: bool = False, data_dir: str | None = None) -> No
         cfg = __import__("tomllib").loads((folder / "config.toml").read_text())
         method = _label({k: v for k, v in cfg["aggregator"].items() if k in ("name", "pre")})
         label = _label(cfg["attack"])
-        cells.append({"method": method, "setting": {"attack": label, "byzantine": cfg["workers"]["byzantine"],
-                                                   "gamma": float(cfg["data"]["gamma"]), "seed": cfg["train"]["seed"]},
-                      "final_test_accuracy": s["final_test_accuracy"], "best_test_accuracy": s["best_test_accuracy"],
-                      "wall_time": s["wall_time"], "run": str(folder.relative_to(out))})
+        cells.append(
+            {
+                "method": method,
+                "setting": {
+                    "attack": label,
+                    "byzantine": cfg["workers"]["byzantine"],
+                    "gamma": float(cfg["data"]["gamma"]),
+                    "seed": cfg["train"]["seed"],
+                },
+                "final_test_accuracy": s["final_test_accuracy"],
+                "best_test_accuracy": s["best_test_accuracy"],
+                "wall_time": s["wall_time"],
+                "run": str(folder.relative_to(out)),
+            }
+        )
     comparison = side_by_side(cells, _byzfl_runs(out, quick))
     write_json(tune_rows + cells, out)
     (out / "comparison.json").write_text(json.dumps(comparison, indent=1) + "\n")
-    lines = ["| rule | attack | f | gamma | byzlearn final | ByzFL final | byzlearn best | ByzFL best | within spread | "
-             "byzlearn s/run | ByzFL s/run | speed-up |", "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
+    lines = [
+        "| rule | attack | f | gamma | byzlearn final | ByzFL final | byzlearn best | ByzFL best | within spread | "
+        "byzlearn s/run | ByzFL s/run | speed-up |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|",
+    ]
     for c in comparison:
         b, z = c["byzlearn"], c["byzfl"]
-        lines.append(f"| {c['method']} | {c['attack']} | {c['byzantine']} | {c['gamma']} | {_fmt(b['final'])} | {_fmt(z['final'])} | "
-                     f"{_fmt(b['best'])} | {_fmt(z['best'])} | {'yes' if c['overlap'] else 'NO'} | {b['wall_s']:.0f} | "
-                     f"{z['wall_s']:.0f} | {c['speedup']:.1f}x |")
+        lines.append(
+            f"| {c['method']} | {c['attack']} | {c['byzantine']} | {c['gamma']} | {_fmt(b['final'])} | {_fmt(z['final'])} | "
+            f"{_fmt(b['best'])} | {_fmt(z['best'])} | {'yes' if c['overlap'] else 'NO'} | {b['wall_s']:.0f} | "
+            f"{z['wall_s']:.0f} | {c['speedup']:.1f}x |"
+        )
     table = (out / "table.md").read_text()
     text = (out / "results.md").read_text()
-    head = ("# ByzFL's default benchmark, byzlearn and ByzFL side by side\n\n"
-            f"Command: `byzlearn reproduce byzfl-benchmark{' --quick' if quick else ''}"
-            f"{' --data-dir ' + data_dir if data_dir else ''}`; machine {machine()}; "
-            f"wall time of this invocation {time.perf_counter() - t0:.0f} s.\n\n"
-            "## Side by side (final and best test accuracy %, mean [min, max] over seeds)\n\n"
-            + "\n".join(lines) + "\n\n## byzlearn: worst case over the three attacks (ByzFL's test heatmap)\n\n")
+    head = (
+        "# ByzFL's default benchmark, byzlearn and ByzFL side by side\n\n"
+        f"Command: `byzlearn reproduce byzfl-benchmark{' --quick' if quick else ''}"
+        f"{' --data-dir ' + data_dir if data_dir else ''}`; machine {machine()}; "
+        f"wall time of this invocation {time.perf_counter() - t0:.0f} s.\n\n"
+        "## Side by side (final and best test accuracy %, mean [min, max] over seeds)\n\n"
+        + "\n".join(lines)
+        + "\n\n## byzlearn: worst case over the three attacks (ByzFL's test heatmap)\n\n"
+    )
     (out / "results.md").write_text(head + table + "\n" + text.split("\n\n", 1)[1])
     print(f"byzfl-benchmark: {len(cells)} runs, {len(comparison)} cells beside ByzFL", file=sys.stderr)

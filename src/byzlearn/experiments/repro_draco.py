@@ -36,9 +36,18 @@ PAPER = {"draco": {1: 84.15, 3: 84.15, 5: 84.15}, "geometric_median": {1: 401.49
 
 def _run(method: str, s: int, rounds: int, eval_every: int, data_dir: str | None, dataset) -> dict[str, Any]:
     over = [
-        "data.name=mnist", "model.name=mlp20", "workers.n=45", "workers.batch_size=8", f"workers.byzantine={s}",
-        "workers.byzantine_set=redraw", "attack.name=constant", "attack.magnitude=240", "optimizer.name=sgd",
-        "optimizer.lr=0.5", "train.seed=0", f"aggregator.name={method}",
+        "data.name=mnist",
+        "model.name=mlp20",
+        "workers.n=45",
+        "workers.batch_size=8",
+        f"workers.byzantine={s}",
+        "workers.byzantine_set=redraw",
+        "attack.name=constant",
+        "attack.magnitude=240",
+        "optimizer.name=sgd",
+        "optimizer.lr=0.5",
+        "train.seed=0",
+        f"aggregator.name={method}",
     ]
     if data_dir:
         over.append(f"data.data_dir={data_dir}")
@@ -72,8 +81,18 @@ def _run(method: str, s: int, rounds: int, eval_every: int, data_dir: str | None
     accs = [c[2] for c in curve]
     return {
         "method": method,
-        "setting": {"s": s, "byzantine": s, "workers": 45, "attack": "constant", "magnitude": 240, "model": "mlp20",
-                    "data": "mnist", "batch_per_worker": 8, "lr": 0.5, "redundancy": 2 * s + 1 if method.startswith("draco") else 1},
+        "setting": {
+            "s": s,
+            "byzantine": s,
+            "workers": 45,
+            "attack": "constant",
+            "magnitude": 240,
+            "model": "mlp20",
+            "data": "mnist",
+            "batch_per_worker": 8,
+            "lr": 0.5,
+            "redundancy": 2 * s + 1 if method.startswith("draco") else 1,
+        },
         "final_test_accuracy": accs[-1],
         "best_test_accuracy": max(accs),
         "rounds": rounds,
@@ -145,7 +164,9 @@ def _write_md(rows: list[dict[str, Any]], out: Path, wall: float, quick: bool, d
     lines = [
         "# DRACO, Table 1: time to 88% test accuracy (MNIST, fully connected network, 45 workers)",
         "",
-        "Command: `byzlearn reproduce draco-table1" + (f" --data-dir {data_dir}" if data_dir else "") + "`"
+        "Command: `byzlearn reproduce draco-table1"
+        + (f" --data-dir {data_dir}" if data_dir else "")
+        + "`"
         + (" --quick (reduced, not for commit)" if quick else ""),
         f"Machine: {machine()}. Total wall time of the reproduction: {wall:.0f} s.",
         "",
@@ -177,14 +198,18 @@ def _write_md(rows: list[dict[str, Any]], out: Path, wall: float, quick: bool, d
             return "n/a" if a is None or b is None or b == 0 else f"{a / b:.2f}x"
 
         paper = PAPER["geometric_median"][s] / PAPER["draco"][s]
-        lines.append(f"| {s} | {ratio(gm['time_to_target_s'], cy['time_to_target_s'])} | "
-                     f"{ratio(gm['critical_path_to_target_s'], cy['critical_path_to_target_s'])} | "
-                     f"{ratio(gm['critical_path_to_target_s'], rp['critical_path_to_target_s'])} | {paper:.2f}x |")
+        lines.append(
+            f"| {s} | {ratio(gm['time_to_target_s'], cy['time_to_target_s'])} | "
+            f"{ratio(gm['critical_path_to_target_s'], cy['critical_path_to_target_s'])} | "
+            f"{ratio(gm['critical_path_to_target_s'], rp['critical_path_to_target_s'])} | {paper:.2f}x |"
+        )
     lines += ["", "![convergence](convergence.png)", "", "DRACO decode status over the run (counters):", ""]
     for r in rows:
         if r["method"].startswith("draco"):
-            lines.append(f"- {r['method']} s={r['setting']['s']}: corrected rounds {r.get('draco_rounds_corrected')}, detected "
-                         f"{r.get('draco_rounds_detected')}, messages located as wrong {r.get('draco_errors_located')}")
+            lines.append(
+                f"- {r['method']} s={r['setting']['s']}: corrected rounds {r.get('draco_rounds_corrected')}, detected "
+                f"{r.get('draco_rounds_detected')}, messages located as wrong {r.get('draco_errors_located')}"
+            )
     (out / "results.md").write_text("\n".join(lines) + "\n" + NOTES)
 
 

@@ -76,8 +76,19 @@ def jungle(out: Path, quick: bool, data_dir: str | None) -> None:
     t0 = time.perf_counter()
     ds = load_dataset("mnist", data_dir)
     steps = 30 if quick else 200
-    base = dict(dataset="mnist", model="mlp20", partition="dirichlet", alpha=0.3, batch_size=32, lr=0.5, steps=steps,
-                eval_every=10 if quick else 20, max_grad_rounds=6, threads=1, seed=0)
+    base = dict(
+        dataset="mnist",
+        model="mlp20",
+        partition="dirichlet",
+        alpha=0.3,
+        batch_size=32,
+        lr=0.5,
+        steps=steps,
+        eval_every=10 if quick else 20,
+        max_grad_rounds=6,
+        threads=1,
+        seed=0,
+    )
     plan = [(10, 3, m, a) for a in ATTACKS for m in ("rb_trimmed_mean", "gossip")]
     plan += [(19, 3, m, a) for a in ("sign_flip", "alie") for m in METHODS]
     plan += [(10, 1, m, "alie") for m in METHODS]
@@ -89,19 +100,35 @@ def jungle(out: Path, quick: bool, data_dir: str | None) -> None:
         r = learn(setup, dataset=ds)
         runs.append(r)
         print(f"{method:16s} n={n} f={f} {attack:11s} worst acc {r['final_worst_accuracy']:.3f} ({r['wall_s']:.1f} s)", file=sys.stderr)
-        rows.append({
-            "method": method,
-            "setting": {"n": n, "byzantine": f, "attack": attack, "attack_params": ATTACKS[attack], "model": "mlp20",
-                        "data": "mnist, Dirichlet(0.3) label skew", "steps": steps, "batch_size": 32, "lr": 0.5,
-                        "grad_rounds": "1 + ceil(log2 t), capped at 6", "model_rounds": 1, "schedule": "adversarial"},
-            "final_test_accuracy": r["final_worst_accuracy"], "best_test_accuracy": r["best_worst_accuracy"],
-            "final_mean_test_accuracy": r["final_mean_accuracy"],
-            "final_param_diameter": r["history"][-1]["param_diameter"],
-            "final_grad_C_max": r["history"][-1]["grad_C_max"],
-            "messages": r["messages"], "bytes": r["bytes"], "wall_time_s": round(r["wall_s"], 2),
-            "agreement_time_s": round(r["agreement_s"], 2),
-            "history": r["history"],
-        })
+        rows.append(
+            {
+                "method": method,
+                "setting": {
+                    "n": n,
+                    "byzantine": f,
+                    "attack": attack,
+                    "attack_params": ATTACKS[attack],
+                    "model": "mlp20",
+                    "data": "mnist, Dirichlet(0.3) label skew",
+                    "steps": steps,
+                    "batch_size": 32,
+                    "lr": 0.5,
+                    "grad_rounds": "1 + ceil(log2 t), capped at 6",
+                    "model_rounds": 1,
+                    "schedule": "adversarial",
+                },
+                "final_test_accuracy": r["final_worst_accuracy"],
+                "best_test_accuracy": r["best_worst_accuracy"],
+                "final_mean_test_accuracy": r["final_mean_accuracy"],
+                "final_param_diameter": r["history"][-1]["param_diameter"],
+                "final_grad_C_max": r["history"][-1]["grad_C_max"],
+                "messages": r["messages"],
+                "bytes": r["bytes"],
+                "wall_time_s": round(r["wall_s"], 2),
+                "agreement_time_s": round(r["agreement_s"], 2),
+                "history": r["history"],
+            }
+        )
     write_json(rows, out)
     groups = sorted({(r["setup"]["n"], r["setup"]["f"]) for r in runs}, key=lambda x: (-x[1], x[0]))  # (n, f), f = 3 first
     for n, f in groups:

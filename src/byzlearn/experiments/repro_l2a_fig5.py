@@ -22,9 +22,13 @@ from .reproduce import REPRODUCTIONS, machine, write_json
 METHODS = ["mean", "rnn_lstm", "set_rnn_lstm"]
 MODELS = ["mlp40", "mlp20x2", "mlp20relu"]
 # (label, loader name, classes or None, model)
-DATA = [("mnist2", "mnist", [0, 1], "mlp20"), ("mnist5", "mnist", [0, 1, 2, 3, 4], "mlp20"),
-        ("fashion_mnist", "fashion_mnist", None, "mlp20"),
-        ("cifar2", "cifar10", [0, 1], "mlp20"), ("cifar5", "cifar10", [0, 1, 2, 3, 4], "mlp20")]
+DATA = [
+    ("mnist2", "mnist", [0, 1], "mlp20"),
+    ("mnist5", "mnist", [0, 1, 2, 3, 4], "mlp20"),
+    ("fashion_mnist", "fashion_mnist", None, "mlp20"),
+    ("cifar2", "cifar10", [0, 1], "mlp20"),
+    ("cifar5", "cifar10", [0, 1, 2, 3, 4], "mlp20"),
+]
 
 
 def _datasets(data_dir: str | None, quick: bool) -> tuple[dict[str, Any], list[str]]:
@@ -55,7 +59,8 @@ RELU_NOTE = (
     "(its output is 3.6 to 9 times the norm of the workers' mean in rounds 1-60 there, cosine to the mean 0.98 at round 1). "
     "It applies a similar multiple to the ReLU MLP's gradients (3.6 to 11.5 times), which at the server's lr 0.5 overshoots: "
     "the cosine to the mean falls to -0.25 by round 3 and test accuracy is 16% at round 60. The paper's claim of a "
-    "competitive ReLU transfer is not reproduced with this network.")
+    "competitive ReLU transfer is not reproduced with this network."
+)
 
 
 @REPRODUCTIONS.register("l2a-fig5")
@@ -74,44 +79,79 @@ def fig5(out: Path, quick: bool, data_dir: str | None) -> None:
             for s in seeds:
                 # no method here reads the public batch: all the training data goes to the workers
                 over = base_overrides("digits" if quick else "mnist", s, public_size=0) + [f"model.name={model}"]
-                setting = {"panel": panel, "model": model, "data": label, "workers": l2a.WORKERS, "byzantine": 0,
-                           "attack": "none", "seed": s, "rounds": rounds, "aggregator_trained_on": "mnist, mlp20"}
-                specs.append({"method": meth, "setting": setting, "overrides": over + l2a.aggregator_overrides(meth, aggs),
-                              "data_key": key, "rounds": rounds, "eval_every": eval_every})
+                setting = {
+                    "panel": panel,
+                    "model": model,
+                    "data": label,
+                    "workers": l2a.WORKERS,
+                    "byzantine": 0,
+                    "attack": "none",
+                    "seed": s,
+                    "rounds": rounds,
+                    "aggregator_trained_on": "mnist, mlp20",
+                }
+                specs.append(
+                    {
+                        "method": meth,
+                        "setting": setting,
+                        "overrides": over + l2a.aggregator_overrides(meth, aggs),
+                        "data_key": key,
+                        "rounds": rounds,
+                        "eval_every": eval_every,
+                    }
+                )
     rows = l2a.run_all(specs, datasets, jobs=1 if quick else 2)
     write_json(rows, out)
     for panel in ("models", "data"):
         sub = [r for r in rows if r["setting"]["panel"] == panel]
         if sub:
-            l2a.plot_curves(sub, out / f"fig5_{panel}.png", f"fig5 ({panel}): aggregators trained on MNIST/mlp20, applied unchanged",
-                            panel=lambda r: r["setting"]["model"] if r["setting"]["panel"] == "models" else r["setting"]["data"])
+            l2a.plot_curves(
+                sub,
+                out / f"fig5_{panel}.png",
+                f"fig5 ({panel}): aggregators trained on MNIST/mlp20, applied unchanged",
+                panel=lambda r: r["setting"]["model"] if r["setting"]["panel"] == "models" else r["setting"]["data"],
+            )
     wall = time.perf_counter() - t0
     stats = l2a.mean_over_seeds(rows, lambda r: (r["method"], r["setting"]["model"], r["setting"]["data"]))
-    table = ["| model | data | " + " | ".join(f"{m} final (best)" for m in METHODS) + " | rnn_lstm - mean (points) |",
-             "|---|---|" + "---:|" * (len(METHODS) + 1)]
+    table = [
+        "| model | data | " + " | ".join(f"{m} final (best)" for m in METHODS) + " | rnn_lstm - mean (points) |",
+        "|---|---|" + "---:|" * (len(METHODS) + 1),
+    ]
     verdicts = []
     for _, model, label, _ in cells:
         vals = [stats[(m, model, label)] for m in METHODS]
         diff = 100 * (vals[1]["final"] - vals[0]["final"])
         verdicts.append((model, label, diff))
-        table.append(f"| {model} | {label} | " + " | ".join(f"{100 * v['final']:.2f} ({100 * v['best']:.2f})" for v in vals)
-                     + f" | {diff:+.2f} |")
+        table.append(
+            f"| {model} | {label} | " + " | ".join(f"{100 * v['final']:.2f} ({100 * v['best']:.2f})" for v in vals) + f" | {diff:+.2f} |"
+        )
     md = [
-        "# l2a-fig5: a learned aggregator transferred to other models and data (Ji et al., IJCAI 2019, Fig. 5)", "",
+        "# l2a-fig5: a learned aggregator transferred to other models and data (Ji et al., IJCAI 2019, Fig. 5)",
+        "",
         f"Command: `byzlearn reproduce l2a-fig5{' --quick' if quick else ''} --data-dir ../shared/data/mnist`  ",
         f"Machine: {machine()}  ",
-        l2a.wall_line(wall, t_train, l2a.aggregator_root(out, quick)), "",
+        l2a.wall_line(wall, t_train, l2a.aggregator_root(out, quick)),
+        "",
         f"Final (best) test accuracy in %, mean of seeds {seeds}, {rounds} rounds, 10 workers, iid, batch {l2a.BATCH}, "
         f"server SGD lr {l2a.SERVER_LR}; the aggregators were meta-trained on MNIST with the MLP-20 (fig4's setting) and are "
-        "not retrained.", "",
-        *table, "",
+        "not retrained.",
+        "",
+        *table,
+        "",
         *(["Not run: " + "; ".join(notes), ""] if notes else []),
-        "Figures: `fig5_models.png`, `fig5_data.png`.", "",
-        "## Aggregators", "", l2a.card_summary(aggs), "",
-        "## Comparison with the paper", "",
+        "Figures: `fig5_models.png`, `fig5_data.png`.",
+        "",
+        "## Aggregators",
+        "",
+        l2a.card_summary(aggs),
+        "",
+        "## Comparison with the paper",
+        "",
         "The paper: the LSTM aggregator beats averaging on MLP-40 and MLP 2x20 and is competitive on the ReLU MLP; on "
-        "CIFAR-2 / CIFAR-5 it competes with averaging.", "",
-        "Here (rnn_lstm minus mean, final accuracy): " + "; ".join(f"{m}/{d}: {x:+.2f}" for m, d, x in verdicts) + ".", "",
+        "CIFAR-2 / CIFAR-5 it competes with averaging.",
+        "",
+        "Here (rnn_lstm minus mean, final accuracy): " + "; ".join(f"{m}/{d}: {x:+.2f}" for m, d, x in verdicts) + ".",
+        "",
         *([] if quick else [RELU_NOTE, ""]),
         *l2a.METHOD_NOTES,
     ]

@@ -26,8 +26,13 @@ UNSEEN = [{"name": "ipm", "epsilon": 0.5}, "label_flip"]
 COUNTS = [0, 3, 7]
 # each learned method's meta-trained folder: the paper's networks meta-trained with Byzantine workers
 # and the two ablations of the input norm bound (l2a.USE_OPTIONS): the paper's ARNN with it, our set-ARNN without it
-FOLDERS = {"rnn_lstm": "rnn_lstm_byz", "arnn_lstm": "arnn_lstm_byz", "set_arnn_lstm": "set_arnn_lstm",
-           "arnn_lstm_clip": "arnn_lstm_byz", "set_arnn_lstm_noclip": "set_arnn_lstm"}
+FOLDERS = {
+    "rnn_lstm": "rnn_lstm_byz",
+    "arnn_lstm": "arnn_lstm_byz",
+    "set_arnn_lstm": "set_arnn_lstm",
+    "arnn_lstm_clip": "arnn_lstm_byz",
+    "set_arnn_lstm_noclip": "set_arnn_lstm",
+}
 LEARNED = list(FOLDERS)
 WHITEBOX = ["rnn_lstm", "arnn_lstm", "set_arnn_lstm"]  # the methods the white-box attacker is run against
 WHITEBOX_ROUNDS = 150  # the white-box attack runs ~10 differentiated aggregations a round: shorter runs
@@ -51,8 +56,7 @@ def fig6(out: Path, quick: bool, data_dir: str | None) -> None:
     data = "digits" if quick else "mnist"
     rounds, eval_every, seeds = (30, 10, [0]) if quick else (l2a.ROUNDS, 50, [0])
     attacks = (SEEN[:2] + UNSEEN[:1]) if quick else (SEEN + UNSEEN)
-    dirs = l2a.ensure_aggregators(list(dict.fromkeys(FOLDERS[m] for m in LEARNED)), l2a.aggregator_root(out, quick),
-                                  data_dir, quick)
+    dirs = l2a.ensure_aggregators(list(dict.fromkeys(FOLDERS[m] for m in LEARNED)), l2a.aggregator_root(out, quick), data_dir, quick)
     aggs = {m: dirs[FOLDERS[m]] for m in LEARNED}
     t_train = time.perf_counter() - t0
     ds = load_dataset(data, data_dir, download=True)
@@ -61,27 +65,63 @@ def fig6(out: Path, quick: bool, data_dir: str | None) -> None:
     for count, attack in settings:
         for m in METHODS:
             for s in seeds:
-                setting = {"data": data, "model": "mlp20", "workers": l2a.WORKERS, "byzantine": count, "attack": _label(attack),
-                           "seen_in_meta_training": attack == "none" or attack in SEEN, "krum_declared_f": 3, "seed": s,
-                           "rounds": rounds, "aggregator_options": l2a.USE_OPTIONS.get(m, [])}
+                setting = {
+                    "data": data,
+                    "model": "mlp20",
+                    "workers": l2a.WORKERS,
+                    "byzantine": count,
+                    "attack": _label(attack),
+                    "seen_in_meta_training": attack == "none" or attack in SEEN,
+                    "krum_declared_f": 3,
+                    "seed": s,
+                    "rounds": rounds,
+                    "aggregator_options": l2a.USE_OPTIONS.get(m, []),
+                }
                 over = base_overrides(data, s) + [f"workers.byzantine={count}"] + _attack_overrides(attack)
-                specs.append({"method": m, "setting": setting, "overrides": over + l2a.aggregator_overrides(m, aggs, krum_f=3),
-                              "data_key": data, "rounds": rounds, "eval_every": eval_every})
+                specs.append(
+                    {
+                        "method": m,
+                        "setting": setting,
+                        "overrides": over + l2a.aggregator_overrides(m, aggs, krum_f=3),
+                        "data_key": data,
+                        "rounds": rounds,
+                        "eval_every": eval_every,
+                    }
+                )
     wb_rounds = 20 if quick else WHITEBOX_ROUNDS
     for count in [c for c in COUNTS if c]:
         for m in WHITEBOX:
-            setting = {"data": data, "model": "mlp20", "workers": l2a.WORKERS, "byzantine": count, "attack": "learned_whitebox",
-                       "seen_in_meta_training": False, "seed": seeds[0], "rounds": wb_rounds}
+            setting = {
+                "data": data,
+                "model": "mlp20",
+                "workers": l2a.WORKERS,
+                "byzantine": count,
+                "attack": "learned_whitebox",
+                "seen_in_meta_training": False,
+                "seed": seeds[0],
+                "rounds": wb_rounds,
+            }
             over = base_overrides(data, seeds[0]) + [f"workers.byzantine={count}", "attack.name=learned_whitebox"]
-            specs.append({"method": m, "setting": setting, "overrides": over + l2a.aggregator_overrides(m, aggs),
-                          "data_key": data, "rounds": wb_rounds, "eval_every": 10 if quick else 25})
+            specs.append(
+                {
+                    "method": m,
+                    "setting": setting,
+                    "overrides": over + l2a.aggregator_overrides(m, aggs),
+                    "data_key": data,
+                    "rounds": wb_rounds,
+                    "eval_every": 10 if quick else 25,
+                }
+            )
     rows = l2a.run_all(specs, {data: ds}, jobs=1 if quick else 2)
     write_json(rows, out)
     for count in COUNTS:
         sub = [r for r in rows if r["setting"]["byzantine"] == count and r["setting"]["attack"] != "learned_whitebox"]
-        l2a.plot_curves(sub, out / f"fig6_byz{count}.png",
-                        f"{count} of 10 Byzantine workers" + (": one column per attack" if count else ""),
-                        panel=(lambda r: r["setting"]["attack"]) if count else None)
+        l2a.plot_curves(
+            sub,
+            out / f"fig6_byz{count}.png",
+            f"{count} of 10 Byzantine workers" + (": one column per attack" if count else ""),
+            panel=(lambda r: r["setting"]["attack"]) if count else None,
+        )
     wall = time.perf_counter() - t0
     _report(rows, out, settings, aggs, wall, t_train, quick, rounds, wb_rounds)
 
@@ -96,15 +136,27 @@ def _whitebox_table(rows: list[dict[str, Any]], wb_rounds: int) -> list[str]:
     lines = [f"| method | Byzantine | white-box | worst fixed attack (accuracy at round {wb_rounds}) |", "|---|---:|---:|---|"]
     for r in wb:
         m, c = r["method"], r["setting"]["byzantine"]
-        fixed = [(x["setting"]["attack"], _accuracy_at(x, wb_rounds)) for x in rows
-                 if x["method"] == m and x["setting"]["byzantine"] == c and x["setting"]["attack"] != "learned_whitebox"]
+        fixed = [
+            (x["setting"]["attack"], _accuracy_at(x, wb_rounds))
+            for x in rows
+            if x["method"] == m and x["setting"]["byzantine"] == c and x["setting"]["attack"] != "learned_whitebox"
+        ]
         worst = min(fixed, key=lambda t: t[1]) if fixed else ("-", float("nan"))
         lines.append(f"| {m} | {c} | {100 * r['final_test_accuracy']:.1f} | {worst[0]}: {100 * worst[1]:.1f} |")
     return lines
 
 
-def _report(rows: list[dict[str, Any]], out: Path, settings: list, aggs: dict[str, Path], wall: float, t_train: float,
-            quick: bool, rounds: int, wb_rounds: int) -> None:
+def _report(
+    rows: list[dict[str, Any]],
+    out: Path,
+    settings: list,
+    aggs: dict[str, Path],
+    wall: float,
+    t_train: float,
+    quick: bool,
+    rounds: int,
+    wb_rounds: int,
+) -> None:
     main_rows = [r for r in rows if r["setting"]["attack"] != "learned_whitebox"]
     whitebox = _whitebox_table(rows, wb_rounds)
     rows = main_rows
@@ -119,39 +171,64 @@ def _report(rows: list[dict[str, Any]], out: Path, settings: list, aggs: dict[st
     gap = {a: stats[("arnn_lstm", 7, a)]["final"] - stats[("krum", 7, a)]["final"] for a in seven}
     gap_ours = {a: stats[("set_arnn_lstm", 7, a)]["final"] - stats[("krum", 7, a)]["final"] for a in seven}
     md = [
-        "# l2a-fig6: learned aggregators under Byzantine attack (Ji et al., IJCAI 2019, Fig. 6)", "",
+        "# l2a-fig6: learned aggregators under Byzantine attack (Ji et al., IJCAI 2019, Fig. 6)",
+        "",
         f"Command: `byzlearn reproduce l2a-fig6{' --quick' if quick else ''} --data-dir ../shared/data/mnist`  ",
         f"Machine: {machine()}  ",
-        l2a.wall_line(wall, t_train, l2a.aggregator_root(out, quick)), "",
+        l2a.wall_line(wall, t_train, l2a.aggregator_root(out, quick)),
+        "",
         f"Final test accuracy (%) after {rounds} rounds; 10 workers, MNIST, MLP 784-20-10 sigmoid, batch {l2a.BATCH}, server "
         f"SGD lr {l2a.SERVER_LR}. Krum is declared with f = 3 (its largest admissible f for n = 10) in every column. "
         "ALIE uses z = 1 (its default z is undefined at 7 of 10). '(unseen)': an attack the learned aggregators never met "
-        "in meta-training.", "",
-        *table, "",
+        "in meta-training.",
+        "",
+        *table,
+        "",
         "Below 85% at 7 of 10 Byzantine: " + "; ".join(f"{m}: {', '.join(fails(m, 7)) or 'none'}" for m in METHODS) + ".  ",
-        "Below 85% at 3 of 10 Byzantine: " + "; ".join(f"{m}: {', '.join(fails(m, 3)) or 'none'}" for m in METHODS) + ".", "",
+        "Below 85% at 3 of 10 Byzantine: " + "; ".join(f"{m}: {', '.join(fails(m, 3)) or 'none'}" for m in METHODS) + ".",
+        "",
         "Learned, then lost (best test accuracy >= 85% during the run, final below): "
-        + ("; ".join(f"{m} at {c} byz, {a}: best {100 * stats[(m, c, a)]['best']:.1f}, final {100 * stats[(m, c, a)]['final']:.1f}"
-                     for m in METHODS for c, a in cols if stats[(m, c, a)]["best"] >= 0.85 > stats[(m, c, a)]["final"]) or "none")
-        + ".", "",
-        "Figures: `fig6_byz0.png`, `fig6_byz3.png`, `fig6_byz7.png` (loss and accuracy curves).", "",
-        "## Against a white-box attacker (ours)", "",
-        f"`attack.name = \"learned_whitebox\"` crafts the Byzantine rows each round by 10 Adam steps through the defender's "
+        + (
+            "; ".join(
+                f"{m} at {c} byz, {a}: best {100 * stats[(m, c, a)]['best']:.1f}, final {100 * stats[(m, c, a)]['final']:.1f}"
+                for m in METHODS
+                for c, a in cols
+                if stats[(m, c, a)]["best"] >= 0.85 > stats[(m, c, a)]["final"]
+            )
+            or "none"
+        )
+        + ".",
+        "",
+        "Figures: `fig6_byz0.png`, `fig6_byz3.png`, `fig6_byz7.png` (loss and accuracy curves).",
+        "",
+        "## Against a white-box attacker (ours)",
+        "",
+        f'`attack.name = "learned_whitebox"` crafts the Byzantine rows each round by 10 Adam steps through the defender\'s '
         "own network (weights, recurrent state, public data known; objective: the aggregate's component along the honest "
         f"mean). {wb_rounds} rounds (the attack costs about 10 differentiated aggregations a round); final test accuracy (%), "
-        "next to the same method's accuracy at that round under the worst of the fixed attacks above.", "",
-        *whitebox, "",
-        "## Aggregators", "", l2a.card_summary(aggs), "",
-        "## Comparison with the paper", "",
+        "next to the same method's accuracy at that round under the worst of the fixed attacks above.",
+        "",
+        *whitebox,
+        "",
+        "## Aggregators",
+        "",
+        l2a.card_summary(aggs),
+        "",
+        "## Comparison with the paper",
+        "",
         "The paper: averaging fails under any attack; at 3 of 10 the RNN and ARNN are slightly better than Krum; at 7 of "
-        "10 Krum and the RNN fail while ARNN still learns, 43.14% above Krum.", "",
+        "10 Krum and the RNN fail while ARNN still learns, 43.14% above Krum.",
+        "",
         "Here, at 7 of 10, ARNN (paper's network) minus Krum, in points: "
-        + ", ".join(f"{a}: {100 * g:+.1f}" for a, g in gap.items()) + ".  ",
-        "Our set-ARNN minus Krum: " + ", ".join(f"{a}: {100 * g:+.1f}" for a, g in gap_ours.items()) + ".", "",
+        + ", ".join(f"{a}: {100 * g:+.1f}" for a, g in gap.items())
+        + ".  ",
+        "Our set-ARNN minus Krum: " + ", ".join(f"{a}: {100 * g:+.1f}" for a, g in gap_ours.items()) + ".",
+        "",
         "Ablations of the input norm bound (ours; same weights, used the other way round): `arnn_lstm_clip` is the "
         "paper's ARNN run with it, `set_arnn_lstm_noclip` our set-ARNN run without it (the last two rows of the table; "
         "the bound's choice for `set_arnn_lstm` was made on validation trajectories, `l2a-aggregators/set_arnn_lstm/"
-        "validation_500_*.json`).", "",
+        "validation_500_*.json`).",
+        "",
         *l2a.METHOD_NOTES,
     ]
     (out / "results.md").write_text("\n".join(md) + "\n")

@@ -35,8 +35,9 @@ LEARNED = ["rnn_lstm_m12", "set_rnn_lstm"]
 METHODS = ["mean", *LEARNED]
 PICKED, SYSTEM_WORKERS = 3, 10
 HETERO_MODEL = "mlp20 global, workers: " + ", ".join(f"{PICKED}x {k}" for k in KINDS)
-CLAIM = ("the RNN aggregator can efficiently utilize gradients from different local models to improve the global "
-         "learning model's performance")
+CLAIM = (
+    "the RNN aggregator can efficiently utilize gradients from different local models to improve the global learning model's performance"
+)
 
 
 # Why rnn_lstm_m12 falls behind (measured on MNIST, seed 0, the committed network, first 120 rounds; not re-measured by the run).
@@ -46,15 +47,17 @@ M12_NOTE = (
     "times longer than the others' (norms 1.6 against 0.3-0.9 at round 1, 3.4-5.0 against 0.1-0.3 at round 60), so they "
     "set the per-coordinate scale the network normalises by. Its output's cosine to the mean falls from 0.96 at round 1 "
     "to 0.14-0.59 from round 20 on, and test accuracy is 56% at round 10 and 74% at round 120, against averaging's 92.6% "
-    "at round 500. It was meta-trained on 12 sigmoid MLP-20 workers, so it never met gradients shaped like these.")
+    "at round 500. It was meta-trained on 12 sigmoid MLP-20 workers, so it never met gradients shaped like these."
+)
 
 
 def run_hetero(spec: dict[str, Any]) -> dict[str, Any]:
     """One heterogeneous run (``method``, ``setting``, ``aggregator``, ``data_key``, ``seed``, ``rounds``, ``eval_every``)."""
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    sim = HeterogeneousSimulator(l2a.dataset(spec["data_key"]), spec["aggregator"], KINDS, SYSTEM_WORKERS, PICKED,
-                                 l2a.BATCH, l2a.SERVER_LR, spec["seed"])
+    sim = HeterogeneousSimulator(
+        l2a.dataset(spec["data_key"]), spec["aggregator"], KINDS, SYSTEM_WORKERS, PICKED, l2a.BATCH, l2a.SERVER_LR, spec["seed"]
+    )
     return {**l2a.train_curve(sim, spec, t0), "chosen_workers": sim.chosen}
 
 
@@ -69,15 +72,31 @@ def _aggregator_section(method: str, aggs: dict[str, Path]) -> dict[str, Any]:
 def specs_for(data: str, aggs: dict[str, Path], seeds: list[int], rounds: int, eval_every: int) -> list[dict[str, Any]]:
     """The heterogeneous runs (every method x seed), then the homogeneous reference (mean x seed)."""
     common = {"data": data, "byzantine": 0, "rounds": rounds, "batch_per_worker": l2a.BATCH, "lr": l2a.SERVER_LR}
-    specs = [{"method": m, "setting": {**common, "model": HETERO_MODEL, "workers": PICKED * len(KINDS), "system": "heterogeneous",
-                                       "seed": s},
-              "aggregator": _aggregator_section(m, aggs), "data_key": data, "seed": s, "rounds": rounds, "eval_every": eval_every}
-             for m in METHODS for s in seeds]
+    specs = [
+        {
+            "method": m,
+            "setting": {**common, "model": HETERO_MODEL, "workers": PICKED * len(KINDS), "system": "heterogeneous", "seed": s},
+            "aggregator": _aggregator_section(m, aggs),
+            "data_key": data,
+            "seed": s,
+            "rounds": rounds,
+            "eval_every": eval_every,
+        }
+        for m in METHODS
+        for s in seeds
+    ]
     for s in seeds:
         over = base_overrides(data, s, public_size=0) + ["aggregator.name=mean"]
-        specs.append({"method": "mean", "setting": {**common, "model": "mlp20", "workers": SYSTEM_WORKERS, "system": "homogeneous",
-                                                    "seed": s},
-                      "overrides": over, "data_key": data, "rounds": rounds, "eval_every": eval_every})
+        specs.append(
+            {
+                "method": "mean",
+                "setting": {**common, "model": "mlp20", "workers": SYSTEM_WORKERS, "system": "homogeneous", "seed": s},
+                "overrides": over,
+                "data_key": data,
+                "rounds": rounds,
+                "eval_every": eval_every,
+            }
+        )
     return specs
 
 
@@ -94,26 +113,39 @@ def fig7(out: Path, quick: bool, data_dir: str | None) -> None:
     rows = l2a.run_all(specs_for(data, aggs, seeds, rounds, eval_every), {data: ds}, jobs=1 if quick else 2, run=_run_spec)
     write_json(rows, out)
     label = lambda r: f"{r['method']} ({r['setting']['system']}, {r['setting']['workers']} workers)"  # noqa: E731
-    l2a.plot_curves(rows, out / "fig7.png", f"{data}: global mlp20 from 3x mlp20, 3x mlp40, 3x mlp20x2, 3x mlp20relu "
-                    f"(mean of seeds {seeds})", label)
+    l2a.plot_curves(
+        rows, out / "fig7.png", f"{data}: global mlp20 from 3x mlp20, 3x mlp40, 3x mlp20x2, 3x mlp20relu (mean of seeds {seeds})", label
+    )
     wall = time.perf_counter() - t0
     _write_md(rows, out, aggs, wall, t_train, quick, data, rounds, seeds, math.prod(ds.input_shape))
 
 
-def _write_md(rows: list[dict[str, Any]], out: Path, aggs: dict[str, Path], wall: float, t_train: float, quick: bool,
-              data: str, rounds: int, seeds: list[int], inputs: int) -> None:
+def _write_md(
+    rows: list[dict[str, Any]],
+    out: Path,
+    aggs: dict[str, Path],
+    wall: float,
+    t_train: float,
+    quick: bool,
+    data: str,
+    rounds: int,
+    seeds: list[int],
+    inputs: int,
+) -> None:
     stats = l2a.mean_over_seeds(rows, lambda r: (r["setting"]["system"], r["method"]))
     spr = {k: sum(r["seconds_per_round"] for r in rows if (r["setting"]["system"], r["method"]) == k) / len(seeds) for k in stats}
     order = [("heterogeneous", m) for m in METHODS] + [("homogeneous", "mean")]
-    table = ["| method | system | final test accuracy | best test accuracy | final training loss | vs mean on the same 12 workers "
-             "(final, points) | s/round |", "|---|---|---:|---:|---:|---:|---:|"]
+    table = [
+        "| method | system | final test accuracy | best test accuracy | final training loss | vs mean on the same 12 workers "
+        "(final, points) | s/round |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     base = stats[("heterogeneous", "mean")]["final"]
     for k in order:
         st = stats[k]
         vs = f"{100 * (st['final'] - base):+.2f}" if k[0] == "heterogeneous" else "n/a"
         system = "12 heterogeneous workers" if k[0] == "heterogeneous" else "10 mlp20 workers (reference)"
-        table.append(f"| {k[1]} | {system} | {100 * st['final']:.2f}% | {100 * st['best']:.2f}% | {st['loss']:.4f} | {vs} | "
-                     f"{spr[k]:.4f} |")
+        table.append(f"| {k[1]} | {system} | {100 * st['final']:.2f}% | {100 * st['best']:.2f}% | {st['loss']:.4f} | {vs} | {spr[k]:.4f} |")
 
     def pts(m: str) -> float:
         return 100 * (stats[("heterogeneous", m)]["final"] - base)
@@ -123,12 +155,16 @@ def _write_md(rows: list[dict[str, Any]], out: Path, aggs: dict[str, Path], wall
     better = [m for m in LEARNED if pts(m) > 0.5]  # a lead under half a point counts as a tie
     chosen = rows[0]["chosen_workers"]
     md = [
-        "# l2a-fig7: one global MLP-20 from heterogeneous local models (Ji et al., IJCAI 2019, §5.5, Fig. 7)", "",
+        "# l2a-fig7: one global MLP-20 from heterogeneous local models (Ji et al., IJCAI 2019, §5.5, Fig. 7)",
+        "",
         f"Command: `byzlearn reproduce l2a-fig7{' --quick' if quick else ''} --data-dir ../shared/data/mnist`"
-        + (" (quick: a reduced smoke run on the digits data, not the reproduction)" if quick else "") + "  ",
+        + (" (quick: a reduced smoke run on the digits data, not the reproduction)" if quick else "")
+        + "  ",
         f"Machine: {machine()}  ",
-        l2a.wall_line(wall, t_train, l2a.aggregator_root(out, quick)), "",
-        "## Setting", "",
+        l2a.wall_line(wall, t_train, l2a.aggregator_root(out, quick)),
+        "",
+        "## Setting",
+        "",
         f"- {data}; 4 systems of {SYSTEM_WORKERS} workers, each system's training set split into {SYSTEM_WORKERS} equal iid shards; "
         f"{PICKED} workers drawn at random, once, from each system (seed 0 draws: {chosen}); 12 gradients per round, ordered by "
         "system (mlp20, mlp40, mlp20x2, mlp20relu), which fixes the slot of each worker in the fixed-order RNN's input.",
@@ -149,27 +185,49 @@ def _write_md(rows: list[dict[str, Any]], out: Path, aggs: dict[str, Path], wall
         "tied to M; `set_rnn_lstm` (ours, beyond the paper): the permutation-invariant variant meta-trained in the Fig. 4 "
         "setting with 10 workers and applied unchanged to 12. Neither saw heterogeneous workers while meta-training.",
         "- Training loss (table and figure): the mean of the workers' minibatch losses, each on its OWN local model "
-        "(mlp40, mlp20x2 and mlp20relu workers included), over the last evaluation window.", "",
-        "## Results", "",
-        *table, "", "![fig7](fig7.png)", "",
-        "## Aggregators", "", l2a.card_summary(aggs), "",
-        "## Comparison with the paper", "",
-        f"The paper's claim (§5.5, Fig. 7): \"{CLAIM}\".", "",
+        "(mlp40, mlp20x2 and mlp20relu workers included), over the last evaluation window.",
+        "",
+        "## Results",
+        "",
+        *table,
+        "",
+        "![fig7](fig7.png)",
+        "",
+        "## Aggregators",
+        "",
+        l2a.card_summary(aggs),
+        "",
+        "## Comparison with the paper",
+        "",
+        f'The paper\'s claim (§5.5, Fig. 7): "{CLAIM}".',
+        "",
         f"Here: {'; '.join(verdict)}. The homogeneous reference (10 mlp20 workers, `mean`) ends at {100 * ref:.2f}%, "
-        f"the heterogeneous `mean` at {100 * base:.2f}%.", "",
-        ("The paper's claim holds in this reproduction under our reading: its RNN aggregator (`rnn_lstm_m12`) trains the "
-         "global model better than averaging the same heterogeneous gradients (by more than half a point)."
-         if "rnn_lstm_m12" in better else
-         "The paper's claim does NOT hold in this reproduction under our reading: its RNN aggregator (`rnn_lstm_m12`) "
-         "does not end more than half a point above averaging the same heterogeneous gradients.")
-        + (" Our `set_rnn_lstm`, trained for 10 workers and applied to 12, "
-           + ("ends above averaging (by more than half a point)." if "set_rnn_lstm" in better
-              else "does not end above averaging (by more than half a point)."))
+        f"the heterogeneous `mean` at {100 * base:.2f}%.",
+        "",
+        (
+            "The paper's claim holds in this reproduction under our reading: its RNN aggregator (`rnn_lstm_m12`) trains the "
+            "global model better than averaging the same heterogeneous gradients (by more than half a point)."
+            if "rnn_lstm_m12" in better
+            else "The paper's claim does NOT hold in this reproduction under our reading: its RNN aggregator (`rnn_lstm_m12`) "
+            "does not end more than half a point above averaging the same heterogeneous gradients."
+        )
+        + (
+            " Our `set_rnn_lstm`, trained for 10 workers and applied to 12, "
+            + (
+                "ends above averaging (by more than half a point)."
+                if "set_rnn_lstm" in better
+                else "does not end above averaging (by more than half a point)."
+            )
+        )
         + " We have no numbers from the paper's figure, so the comparison is qualitative; part of a learned aggregator's "
         "lead can be a learned effective step size, as in Fig. 4. The embedding of the local models is our reading, not "
         "the paper's stated method: another mapping of differently shaped gradients could change the outcome."
-        + (" Quick mode: digits, 30 rounds, tiny aggregators (4 meta-training trajectories); these figures say nothing "
-           "about the paper's claim." if quick else ""),
+        + (
+            " Quick mode: digits, 30 rounds, tiny aggregators (4 meta-training trajectories); these figures say nothing "
+            "about the paper's claim."
+            if quick
+            else ""
+        ),
         "",
         *([] if quick else [M12_NOTE, ""]),
         *l2a.METHOD_NOTES,

@@ -59,8 +59,9 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError as e:
             raise ConfigError(f"{str(path)!r} line {i} is not JSON ({e}); delete that line or restore the file") from e
         if not isinstance(row, dict) or not isinstance(row.get("round"), int):
-            raise ConfigError(f"{str(path)!r} line {i} is not a metrics row (a JSON object with an integer round); "
-                              "delete that line or restore the file")
+            raise ConfigError(
+                f"{str(path)!r} line {i} is not a metrics row (a JSON object with an integer round); delete that line or restore the file"
+            )
         rows.append(row)
     return rows
 
@@ -102,8 +103,9 @@ def check_new(out: Path) -> None:
 def saved_config(out: Path, device: str | None = None) -> Config:
     """The config saved in a run folder (``device`` overrides ``train.device``)."""
     if not out.is_dir():
-        raise ConfigError(f"--resume {str(out)!r}: {'no such folder' if not out.exists() else 'not a folder'}; "
-                          "give a run folder written by byzlearn run")
+        raise ConfigError(
+            f"--resume {str(out)!r}: {'no such folder' if not out.exists() else 'not a folder'}; give a run folder written by byzlearn run"
+        )
     if not (out / CONFIG).is_file():
         raise ConfigError(f"{str(out)!r} is not a run folder (no {CONFIG}); start a run with byzlearn run")
     try:
@@ -116,12 +118,15 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """A run's checkpoint (read safely: ``checkpoints.load_safely``); ``ConfigError`` naming the file if it is missing,
     unreadable, holds objects other than tensors and plain values, or is not a run checkpoint."""
     if not path.exists():
-        raise ConfigError(f"{str(path.parent)!r} has no {path.name} (the run stopped before its first checkpoint, or it "
-                          f"was deleted): start the run again with byzlearn run {path.parent / CONFIG} --out NEW_FOLDER")
+        raise ConfigError(
+            f"{str(path.parent)!r} has no {path.name} (the run stopped before its first checkpoint, or it "
+            f"was deleted): start the run again with byzlearn run {path.parent / CONFIG} --out NEW_FOLDER"
+        )
     ckpt = load_safely(path, f"checkpoint {str(path)!r}", "restore it or start the run again")
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("simulator"), dict) or not isinstance(ckpt["simulator"].get("round"), int):
-        raise ConfigError(f"checkpoint {str(path)!r} is not a byzlearn run checkpoint (no simulator state); "
-                          "restore it or start the run again")
+        raise ConfigError(
+            f"checkpoint {str(path)!r} is not a byzlearn run checkpoint (no simulator state); restore it or start the run again"
+        )
     for key, kind in (("elapsed", (int, float)), ("loss_sum", (int, float)), ("loss_count", int)):
         if not isinstance(ckpt.get(key), kind) or isinstance(ckpt.get(key), bool):
             raise ConfigError(f"checkpoint {str(path)!r} lacks a valid {key!r}; restore it or start the run again")
@@ -141,8 +146,7 @@ def finished(out: str | Path) -> dict[str, Any] | None:
 class Run:
     """One experiment in its folder. ``execute`` trains until ``train.rounds`` (or ``stop_after`` rounds)."""
 
-    def __init__(self, cfg: Config, out: str | Path, sim: Simulator | None = None,
-                 engine: Callable[[Config], Any] | None = None):
+    def __init__(self, cfg: Config, out: str | Path, sim: Simulator | None = None, engine: Callable[[Config], Any] | None = None):
         """``engine(cfg)`` builds the object that runs the rounds (default ``make_simulator``; the
         distributed runtime's server passes its own, with the same interface)."""
         self.cfg = cfg
@@ -178,15 +182,18 @@ class Run:
         ckpt = load_checkpoint(path) if need_checkpoint or path.exists() else None
         rows = _read_metrics(out / METRICS)
         if ckpt is not None and not 0 <= ckpt["simulator"]["round"] <= cfg.train.rounds:
-            raise ConfigError(f"checkpoint {str(path)!r} is at round {ckpt['simulator']['round']}, outside this run's "
-                              f"[0, train.rounds = {cfg.train.rounds}]; restore it or start the run again")
+            raise ConfigError(
+                f"checkpoint {str(path)!r} is at round {ckpt['simulator']['round']}, outside this run's "
+                f"[0, train.rounds = {cfg.train.rounds}]; restore it or start the run again"
+            )
         run = cls(cfg, out, engine=engine)
         if ckpt is not None:
             try:
                 run.sim.load_state_dict(ckpt["simulator"])
             except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
-                raise ConfigError(f"checkpoint {str(path)!r} does not fit this run's config ({type(e).__name__}: {e}); "
-                                  "restore it or start the run again") from None
+                raise ConfigError(
+                    f"checkpoint {str(path)!r} does not fit this run's config ({type(e).__name__}: {e}); restore it or start the run again"
+                ) from None
             run.elapsed = ckpt["elapsed"]
             run.loss_sum, run.loss_count = ckpt["loss_sum"], ckpt["loss_count"]
         # metrics written after the checkpoint belong to rounds that will be computed again
@@ -223,8 +230,14 @@ class Run:
         start = time.perf_counter() - self.elapsed
         if sim.round == 0 and not self.rows:
             self._evaluate(0.0)
-        bar = tqdm(total=t.rounds, initial=sim.round, disable=None if progress is None else not progress,
-                   desc=f"{self.cfg.aggregator['name']} vs {self.cfg.attack['name']}", unit="round", leave=False)
+        bar = tqdm(
+            total=t.rounds,
+            initial=sim.round,
+            disable=None if progress is None else not progress,
+            desc=f"{self.cfg.aggregator['name']} vs {self.cfg.attack['name']}",
+            unit="round",
+            leave=False,
+        )
         done_here = 0
         try:
             while sim.round < t.rounds:
@@ -270,8 +283,10 @@ class Run:
             summary.update(final_validation_accuracy=vals[-1], best_validation_accuracy=max(vals))
         summary.update(self.sim.extra_metrics())
         (self.out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
-        title = (f"{self.cfg.data.name}/{self.cfg.model.name}: {summary['aggregator']} vs {summary['attack']} "
-                 f"(f={summary['byzantine']}/{summary['workers']})")
+        title = (
+            f"{self.cfg.data.name}/{self.cfg.model.name}: {summary['aggregator']} vs {summary['attack']} "
+            f"(f={summary['byzantine']}/{summary['workers']})"
+        )
         plot_run(self.rows, self.out / PLOT, title)
         return summary
 

@@ -71,8 +71,7 @@ def grid(raw: dict[str, Any]) -> list[dict[str, float]]:
     lists = []
     for key in TUNE_KEYS:
         values = tune.get(key, [_base_value(base, key)])
-        if not (isinstance(values, list) and values
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
+        if not (isinstance(values, list) and values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
             raise ConfigError(f"tune.{key} = {values!r} must be a non-empty list of numbers, e.g. [0.1, 0.01]")
         if len(set(values)) != len(values):
             raise ConfigError(f"tune.{key} = {values!r} lists a value twice")
@@ -109,10 +108,14 @@ def _curves(folder: Path) -> tuple[list[int], np.ndarray, np.ndarray]:
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
     rows = [r for r in rows if "validation_accuracy" in r]
     if not rows or any(r["validation_accuracy"] is None or r["test_accuracy"] is None for r in rows):
-        raise ConfigError(f"{folder / 'metrics.jsonl'} has no validation accuracy at some evaluation; "
-                          "was it run with data.validation_size > 0?")
-    return ([r["round"] for r in rows], np.array([r["validation_accuracy"] for r in rows], float),
-            np.array([r["test_accuracy"] for r in rows], float))
+        raise ConfigError(
+            f"{folder / 'metrics.jsonl'} has no validation accuracy at some evaluation; was it run with data.validation_size > 0?"
+        )
+    return (
+        [r["round"] for r in rows],
+        np.array([r["validation_accuracy"] for r in rows], float),
+        np.array([r["test_accuracy"] for r in rows], float),
+    )
 
 
 def choose(worst_val: np.ndarray) -> int:
@@ -154,31 +157,37 @@ def select(combos: list[dict[str, float]], cells: list[TuneCell]) -> list[dict[s
             rounds, val, test = mean[(star, a)]
             k = int(np.argmax(val))
             per_attack[a] = {
-                "best_validation_accuracy": float(val[k]), "best_validation_round": rounds[k],
+                "best_validation_accuracy": float(val[k]),
+                "best_validation_round": rounds[k],
                 "test_accuracy_at_best_validation": float(test[k]),
-                "best_test_accuracy": float(test.max()), "final_test_accuracy": float(test[-1]),
+                "best_test_accuracy": float(test.max()),
+                "final_test_accuracy": float(test[-1]),
             }
         first = next(tc.cell for tc in cells if _group_key(tc.cell) == g)
         setting = {k: v for k, v in first.setting.items() if k not in ("attack", "seed")}
         setting["attacks"] = attacks
         setting["seeds"] = sorted({tc.cell.setting["seed"] for tc in cells if _group_key(tc.cell) == g})
         worst_test = min(p["best_test_accuracy"] for p in per_attack.values())
-        rows.append({
-            "method": g[0], "setting": setting,
-            "final_test_accuracy": min(p["final_test_accuracy"] for p in per_attack.values()),
-            "best_test_accuracy": worst_test,
-            "chosen": dict(combos[star]),
-            "worst_case_validation_accuracy": float(best_val[star].min()),
-            "worst_case_test_accuracy": worst_test,
-            "worst_case_test_accuracy_at_best_validation": min(p["test_accuracy_at_best_validation"] for p in per_attack.values()),
-            "attacks": per_attack,
-            "grid_worst_case_validation_accuracy": [float(v) for v in best_val.min(1)],
-        })
+        rows.append(
+            {
+                "method": g[0],
+                "setting": setting,
+                "final_test_accuracy": min(p["final_test_accuracy"] for p in per_attack.values()),
+                "best_test_accuracy": worst_test,
+                "chosen": dict(combos[star]),
+                "worst_case_validation_accuracy": float(best_val[star].min()),
+                "worst_case_test_accuracy": worst_test,
+                "worst_case_test_accuracy_at_best_validation": min(p["test_accuracy_at_best_validation"] for p in per_attack.values()),
+                "attacks": per_attack,
+                "grid_worst_case_validation_accuracy": [float(v) for v in best_val.min(1)],
+            }
+        )
     return rows
 
 
-def run_tune(raw: dict[str, Any], out: str | Path, jobs: int = 1, progress: bool | None = None,
-             command: str | None = None) -> list[dict[str, Any]]:
+def run_tune(
+    raw: dict[str, Any], out: str | Path, jobs: int = 1, progress: bool | None = None, command: str | None = None
+) -> list[dict[str, Any]]:
     """Run every (combination x cell) not finished yet, choose per (rule, f, heterogeneity), write results."""
     out = Path(out)
     combos, cells = expand(raw, out)
@@ -197,21 +206,28 @@ def _het_cols(rows: list[dict[str, Any]]) -> tuple[list[int], list[str]]:
     return fs, hets
 
 
-def write_results(rows: list[dict[str, Any]], combos: list[dict[str, float]], out: Path, n_runs: int,
-                  wall: float, command: str | None = None) -> None:
+def write_results(
+    rows: list[dict[str, Any]], combos: list[dict[str, float]], out: Path, n_runs: int, wall: float, command: str | None = None
+) -> None:
     """``results.json``, ``results.md`` and the heatmaps ``heatmap_<rule>.png``, ``heatmap_best.png``."""
     (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
     fs, hets = _het_cols(rows)
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    lines = ["| rule | f | heterogeneity | lr | momentum | weight decay | worst-case validation | worst-case test "
-             "| worst-case final test | test at best validation (per attack) |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "| rule | f | heterogeneity | lr | momentum | weight decay | worst-case validation | worst-case test "
+        "| worst-case final test | test at best validation (per attack) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for r in rows:
         s, c = r["setting"], r["chosen"]
-        per = ", ".join(f"{a} {100 * p['test_accuracy_at_best_validation']:.1f} (round {p['best_validation_round']})"
-                        for a, p in r["attacks"].items())
-        lines.append(f"| {r['method']} | {s['byzantine']} | {s['heterogeneity']} | {c['lr']:g} | {c['momentum']:g} | "
-                     f"{c['weight_decay']:g} | {100 * r['worst_case_validation_accuracy']:.1f} | "
-                     f"{100 * r['worst_case_test_accuracy']:.1f} | {100 * r['final_test_accuracy']:.1f} | {per} |")
+        per = ", ".join(
+            f"{a} {100 * p['test_accuracy_at_best_validation']:.1f} (round {p['best_validation_round']})" for a, p in r["attacks"].items()
+        )
+        lines.append(
+            f"| {r['method']} | {s['byzantine']} | {s['heterogeneity']} | {c['lr']:g} | {c['momentum']:g} | "
+            f"{c['weight_decay']:g} | {100 * r['worst_case_validation_accuracy']:.1f} | "
+            f"{100 * r['worst_case_test_accuracy']:.1f} | {100 * r['final_test_accuracy']:.1f} | {per} |"
+        )
     table = "\n".join(lines)
     (out / "table.md").write_text(table + "\n")
     f_rows = [f"f={f}" for f in fs]
@@ -219,8 +235,16 @@ def write_results(rows: list[dict[str, Any]], combos: list[dict[str, float]], ou
     for m in methods:
         grid = {(f"f={r['setting']['byzantine']}", r["setting"]["heterogeneity"]): r for r in rows if r["method"] == m}
         name = f"heatmap_{m.replace('/', '-').replace(' ', '')}.png"
-        M._heatmap(f_rows, hets, grid, out / name, key="worst_case_test_accuracy",
-                   label="worst-case test acc. (%)", title=f"{m}\nworst case over attacks", row_height=1.0)
+        M._heatmap(
+            f_rows,
+            hets,
+            grid,
+            out / name,
+            key="worst_case_test_accuracy",
+            label="worst-case test acc. (%)",
+            title=f"{m}\nworst case over attacks",
+            row_height=1.0,
+        )
         figures.append(name)
     best: dict[tuple[str, str], dict[str, Any]] = {}
     for r in rows:  # rows are in rule order: the first rule wins ties
@@ -228,13 +252,24 @@ def write_results(rows: list[dict[str, Any]], combos: list[dict[str, float]], ou
         if k not in best or r["worst_case_test_accuracy"] > best[k]["worst_case_test_accuracy"]:
             best[k] = r
     texts = {k: f"{r['method']}\n{100 * r['worst_case_test_accuracy']:.0f}" for k, r in best.items()}
-    M._heatmap(f_rows, hets, best, out / "heatmap_best.png", key="worst_case_test_accuracy",
-               label="worst-case test acc. (%)", title="best rule per cell", texts=texts, row_height=1.0)
+    M._heatmap(
+        f_rows,
+        hets,
+        best,
+        out / "heatmap_best.png",
+        key="worst_case_test_accuracy",
+        label="worst-case test acc. (%)",
+        title="best rule per cell",
+        texts=texts,
+        row_height=1.0,
+    )
     figures.append("heatmap_best.png")
     cell_time = sum(json.loads(p.read_text())["wall_time"] for p in out.glob("cells/*/*/summary.json"))
-    meta = (f"{len(combos)} combinations x {n_runs // len(combos)} cells = {n_runs} runs; wall time of this invocation "
-            f"{wall:.1f} s (finished runs are skipped), {cell_time:.0f} s of training summed over all runs; machine "
-            f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}.")
+    meta = (
+        f"{len(combos)} combinations x {n_runs // len(combos)} cells = {n_runs} runs; wall time of this invocation "
+        f"{wall:.1f} s (finished runs are skipped), {cell_time:.0f} s of training summed over all runs; machine "
+        f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}."
+    )
     cmd = f"Command: `{command}`\n\n" if command else ""
     pics = "\n".join(f"![{f}]({f})" for f in figures)
     (out / "results.md").write_text(

@@ -5,6 +5,14 @@ from .network import CoordinatewiseRNN
 from .preprocess import log_sign, loss_features, normalise, screen_rows, trial_points
 
 __all__ = [
-    "CoordinatewiseRNN", "LearnedAggregator", "learned_update", "load_aggregator", "save_aggregator",
-    "log_sign", "loss_features", "normalise", "screen_rows", "trial_points",
+    "CoordinatewiseRNN",
+    "LearnedAggregator",
+    "learned_update",
+    "load_aggregator",
+    "save_aggregator",
+    "log_sign",
+    "loss_features",
+    "normalise",
+    "screen_rows",
+    "trial_points",
 ]

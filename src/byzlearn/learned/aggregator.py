@@ -55,17 +55,24 @@ def load_aggregator(path: str | Path) -> tuple[CoordinatewiseRNN, dict[str, Any]
     try:
         weights = load_file(str(path / WEIGHTS))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise ConfigError(f"{str(path / WEIGHTS)!r} is not a readable safetensors file ({e}); restore it or train again "
-                          "with byzlearn meta-train") from None
+        raise ConfigError(
+            f"{str(path / WEIGHTS)!r} is not a readable safetensors file ({e}); restore it or train again with byzlearn meta-train"
+        ) from None
     check_weights(net, weights, repr(str(path / WEIGHTS)))
     net.load_state_dict(weights)
     net.eval()
     return net, card
 
 
-def learned_update(net: CoordinatewiseRNN, G: Tensor, state: State, card: dict[str, Any],
-                   losses: Tensor | None = None, ref_norm: float | None = None,
-                   max_ratio: float = MAX_RATIO) -> tuple[Tensor, State]:
+def learned_update(
+    net: CoordinatewiseRNN,
+    G: Tensor,
+    state: State,
+    card: dict[str, Any],
+    losses: Tensor | None = None,
+    ref_norm: float | None = None,
+    max_ratio: float = MAX_RATIO,
+) -> tuple[Tensor, State]:
     """The aggregated vector ``A * o`` (``Tensor[d]``) for ``G: Tensor[n, d]``, and the new state.
 
     Differentiable in the network's weights (meta-training calls it with autograd on). ``losses``
@@ -124,8 +131,15 @@ def reference_norm(card: dict[str, Any], public_loss: Callable[[Tensor], Tensor]
     return None
 
 
-def probe_losses(public_loss: Callable[[Tensor], Tensor], theta: Tensor, G: Tensor, probe_lr: float, probe: str,
-                 differentiable: bool = False, ref_norm: float | None = None) -> Tensor:
+def probe_losses(
+    public_loss: Callable[[Tensor], Tensor],
+    theta: Tensor,
+    G: Tensor,
+    probe_lr: float,
+    probe: str,
+    differentiable: bool = False,
+    ref_norm: float | None = None,
+) -> Tensor:
     """ARNN's additional loss information: ``[base, l_1..l_M]`` on one public batch.
 
     Constants (no graph) by default. ``differentiable=True`` (the white-box attack) keeps the graph
@@ -147,8 +161,7 @@ class LearnedAggregator(Aggregator):
     (``preprocess.bound_rows``; ``inf`` turns it off), so the aggregate stops following a forged row's scale.
     """
 
-    def __init__(self, path: str, f: int = 0, probe_lr: float | None = None, input_clip: bool | None = None,
-                 max_ratio: float = MAX_RATIO):
+    def __init__(self, path: str, f: int = 0, probe_lr: float | None = None, input_clip: bool | None = None, max_ratio: float = MAX_RATIO):
         super().__init__(f)
         if isinstance(max_ratio, bool) or not isinstance(max_ratio, (int, float)) or not max_ratio > 0:
             raise ConfigError(f"aggregator.max_ratio must be a positive number (inf: no bound), got {max_ratio!r}")
@@ -159,8 +172,10 @@ class LearnedAggregator(Aggregator):
         self.probe_lr = float(probe_lr if probe_lr is not None else self.card["probe_lr"])
         if input_clip is not None:
             if input_clip and not self.net.loss_info:
-                raise ConfigError(f"aggregator.input_clip = true needs the public batch an ARNN reads; {path!r} holds an RNN "
-                                  "(loss_info = false): drop input_clip or use an ARNN")
+                raise ConfigError(
+                    f"aggregator.input_clip = true needs the public batch an ARNN reads; {path!r} holds an RNN "
+                    "(loss_info = false): drop input_clip or use an ARNN"
+                )
             self.card = {**self.card, "input_clip": bool(input_clip)}
         self.needs_public_batch = self.net.loss_info
         self.state: State | None = None

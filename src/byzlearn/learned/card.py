@@ -29,8 +29,10 @@ def _number(card: dict[str, Any], key: str, where: str, low: float | None = 0.0,
     v = card.get(key)
     ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (low is None or v > low)
     if not ok:
-        raise ConfigError(f"{where}: {key} = {v!r} must be a finite number{f' > {low:g}' if low is not None else ''}"
-                          f"{' (the key is missing)' if key not in card else ''}; restore the card or train again")
+        raise ConfigError(
+            f"{where}: {key} = {v!r} must be a finite number{f' > {low:g}' if low is not None else ''}"
+            f"{' (the key is missing)' if key not in card else ''}; restore the card or train again"
+        )
 
 
 def read_card(path: Path) -> dict[str, Any]:
@@ -38,11 +40,15 @@ def read_card(path: Path) -> dict[str, Any]:
     try:
         card = json.loads((path / "card.json").read_bytes().decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise ConfigError(f"{str(path / 'card.json')!r} is not a readable JSON card ({type(e).__name__}: {e}); restore it "
-                          "or train again with byzlearn meta-train") from None
+        raise ConfigError(
+            f"{str(path / 'card.json')!r} is not a readable JSON card ({type(e).__name__}: {e}); restore it "
+            "or train again with byzlearn meta-train"
+        ) from None
     if not isinstance(card, dict):
-        raise ConfigError(f"{str(path / 'card.json')!r} must hold a JSON object (a learned-aggregator card), got "
-                          f"{type(card).__name__}; restore it or train again")
+        raise ConfigError(
+            f"{str(path / 'card.json')!r} must hold a JSON object (a learned-aggregator card), got "
+            f"{type(card).__name__}; restore it or train again"
+        )
     return card
 
 
@@ -67,8 +73,10 @@ def check_card(card: dict[str, Any], where: str) -> None:
     if pre not in PREPROCESS_FEATURES:
         raise ConfigError(f"{where}: preprocess = {pre!r} must be one of {', '.join(PREPROCESS_FEATURES)}")
     if net.get("features", 1) != PREPROCESS_FEATURES[pre]:
-        raise ConfigError(f"{where}: network.features = {net.get('features', 1)} does not match preprocess = {pre!r} "
-                          f"({PREPROCESS_FEATURES[pre]} feature(s)); restore the card")
+        raise ConfigError(
+            f"{where}: network.features = {net.get('features', 1)} does not match preprocess = {pre!r} "
+            f"({PREPROCESS_FEATURES[pre]} feature(s)); restore the card"
+        )
     if card.get("output") not in ("gradient", "step"):
         raise ConfigError(f"{where}: output = {card.get('output')!r} must be 'gradient' or 'step'")
     if card.get("probe", "step") not in ("step", "clipped"):
@@ -93,14 +101,20 @@ def check_weights(net: CoordinatewiseRNN, weights: dict[str, torch.Tensor], wher
     expected = net.state_dict()
     missing, extra = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
     if missing or extra:
-        raise ConfigError(f"{where} does not hold this card's network: missing {missing or 'none'}, unexpected {extra or 'none'}; "
-                          "the weights and card.json come from different trainings: restore the folder or train again")
+        raise ConfigError(
+            f"{where} does not hold this card's network: missing {missing or 'none'}, unexpected {extra or 'none'}; "
+            "the weights and card.json come from different trainings: restore the folder or train again"
+        )
     for name, t in weights.items():
         if tuple(t.shape) != tuple(expected[name].shape):
-            raise ConfigError(f"{where}: tensor {name!r} has shape {tuple(t.shape)}, the card's network needs "
-                              f"{tuple(expected[name].shape)}; restore the folder or train again")
+            raise ConfigError(
+                f"{where}: tensor {name!r} has shape {tuple(t.shape)}, the card's network needs "
+                f"{tuple(expected[name].shape)}; restore the folder or train again"
+            )
         if not t.is_floating_point():
             raise ConfigError(f"{where}: tensor {name!r} is {t.dtype}, not floating point; restore the folder or train again")
         if not bool(torch.isfinite(t).all()):
-            raise ConfigError(f"{where}: tensor {name!r} has NaN or infinite weights (a diverged or corrupted training); "
-                              "use another aggregator or train again")
+            raise ConfigError(
+                f"{where}: tensor {name!r} has NaN or infinite weights (a diverged or corrupted training); "
+                "use another aggregator or train again"
+            )

@@ -104,9 +104,18 @@ class HeterogeneousSimulator:
     systems' local model types; ``system_workers`` workers each, ``picked`` of them take part.
     """
 
-    def __init__(self, dataset: Dataset, aggregator: Aggregator | dict[str, Any], kinds: tuple[str, ...] = KINDS,
-                 system_workers: int = 10, picked: int = 3, batch_size: int = 128, lr: float = 0.5, seed: int = 0,
-                 eval_batch_size: int = 10000):
+    def __init__(
+        self,
+        dataset: Dataset,
+        aggregator: Aggregator | dict[str, Any],
+        kinds: tuple[str, ...] = KINDS,
+        system_workers: int = 10,
+        picked: int = 3,
+        batch_size: int = 128,
+        lr: float = 0.5,
+        seed: int = 0,
+        eval_batch_size: int = 10000,
+    ):
         if not 1 <= picked <= system_workers:
             raise ConfigError(f"picked = {picked} workers per system must be in [1, {system_workers}]")
         self.dataset, self.kinds, self.lr, self.batch_size = dataset, tuple(kinds), lr, batch_size
@@ -139,8 +148,9 @@ class HeterogeneousSimulator:
         self._grads: dict[str, Callable] = {}
         for i, kind in enumerate(self.kinds):
             self.rows[kind] = slice(i * picked, (i + 1) * picked)
-            self.local[kind] = torch.stack([local_init(kind, dataset.input_shape, dataset.num_classes, seed * 1000 + 100 + i * picked + j)
-                                            for j in range(picked)])
+            self.local[kind] = torch.stack(
+                [local_init(kind, dataset.input_shape, dataset.num_classes, seed * 1000 + 100 + i * picked + j) for j in range(picked)]
+            )
             self._grads[kind] = vmap(grad_and_value(self._loss_fn(kind), argnums=(0, 1)), in_dims=(None, 0, 0, 0))
         self.aggregator = aggregator if isinstance(aggregator, Aggregator) else build_aggregator(aggregator, f_default=0)
         self.aggregator.check(self.n)

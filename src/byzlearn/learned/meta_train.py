@@ -14,14 +14,11 @@ Fig. 2: no second derivatives). Validation trajectories with fixed seeds score t
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
 import json
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,192 +26,28 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..checkpoints import load_meta_checkpoint
-from ..config import Config, _check_fixed, apply_overrides, from_dict, read_toml
+from ..config import Config, apply_overrides
 from ..data import Dataset, load_dataset
 from ..engine.round import sgd_step
 from ..registry import ConfigError
 from .aggregator import learned_update, probe_losses, reference_norm, save_aggregator
+from .meta_config import (  # noqa: F401  (the configs are part of this module's interface)
+    SECTIONS,
+    ByzantineConfig,
+    MetaConfig,
+    MetaTrainConfig,
+    NetworkConfig,
+    TaskConfig,
+    _attack_table,
+    _run_configs,
+    build_network,
+    card_of,
+    from_sections,
+    load_config,
+    method_name,
+    run_config,
+)
 from .network import CoordinatewiseRNN
-from .preprocess import PREPROCESS_FEATURES
-
-
-@dataclass
-class NetworkConfig:
-    cell: Literal["lstm", "gru"] = "lstm"
-    encoder: Literal["concat", "set"] = "concat"  # concat: the paper's (fixed M); set: ours (any M)
-    loss_info: bool = False  # ARNN: also read each worker's loss on the public batch
-    loss_memory: bool = False  # ours: also a running mean of each worker's loss feature
-    memory_decay: float = 0.9  # its decay per round
-    loss_logit_scale: float = 20.0  # ours (set encoder): scale of the loss features' direct path to the attention
-    hidden: int = 20
-    layers: int = 2
-    embed: int = 16
-    preprocess: Literal["seed", "floor", "log_sign"] = "seed"
-    p: float = 10.0
-    output: Literal["gradient", "step"] = "gradient"
-    step_scale: float = 0.1
-    loss_scale: float = 10.0
-    probe: Literal["step", "clipped"] = "clipped"  # ARNN's trial point: theta - probe_lr * g_m (clipped to the public gradient's norm)
-    probe_lr: float = 0.0  # 0: the task's server_lr
-    input_clip: bool = False  # ours (ARNN): clip every worker's vector to the public gradient's norm before pre-processing
-
-
-@dataclass
-class TaskConfig:
-    data: str = "mnist"
-    data_dir: str | None = None
-    model: str = "mlp20"
-    workers: int = 10
-    batch_size: int = 32
-    partition: Literal["iid", "dirichlet", "labels"] = "iid"
-    public_size: int = 1000
-    public_batch: int = 16
-    server_lr: float = 0.5
-    steps: int = 100
-    unroll: int = 20
-    meta_batch: int = 128
-
-
-@dataclass
-class ByzantineConfig:
-    counts: list = field(default_factory=lambda: [0])
-    attacks: list = field(default_factory=lambda: ["none"])
-
-
-@dataclass
-class MetaConfig:
-    trajectories: int = 100
-    lr: float = 0.003
-    grad_clip: float = 1.0
-    seed: int = 0
-    validate_every: int = 10
-    validate_steps: int = 0  # rounds per validation trajectory; 0: task.steps (longer ones see late collapses)
-    patience: int = 5
-    threads: int = 0
-    init: str = ""  # start from the weights of a trained aggregator folder (fine-tuning / curriculum); "": fresh
-
-
-@dataclass
-class MetaTrainConfig:
-    aggregator: NetworkConfig = field(default_factory=NetworkConfig)
-    task: TaskConfig = field(default_factory=TaskConfig)
-    byzantine: ByzantineConfig = field(default_factory=ByzantineConfig)
-    meta: MetaConfig = field(default_factory=MetaConfig)
-    method: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: dataclasses.asdict(getattr(self, k)) for k in ("aggregator", "task", "byzantine", "meta")}
-
-
-SECTIONS = {"aggregator": NetworkConfig, "task": TaskConfig, "byzantine": ByzantineConfig, "meta": MetaConfig}
-
-
-def method_name(net: NetworkConfig) -> str:
-    """``rnn_lstm``, ``arnn_gru``, ... (the paper's); ``set_rnn_lstm``, ``set_arnn_lstm`` for ours."""
-    base = f"{'arnn' if net.loss_info else 'rnn'}_{net.cell}"
-    return base if net.encoder == "concat" else f"set_{base}"
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> MetaTrainConfig:
-    """Read a meta-training TOML (sections aggregator, task, byzantine, meta; every key defaulted)."""
-    return from_sections(apply_overrides(read_toml(path), overrides or [], sections=tuple(SECTIONS), open_defaults={}))
-
-
-def from_sections(raw: dict[str, Any]) -> MetaTrainConfig:
-    """Check and build a config from nested dicts (``method`` optional: the default name follows the network)."""
-    raw = dict(raw)
-    method = raw.pop("method", None)
-    for section in raw:
-        if section not in SECTIONS:
-            raise ConfigError(f"unknown section [{section}] in a meta-training config; sections: {', '.join(SECTIONS)}")
-    cfg = MetaTrainConfig(**{s: _check_fixed(s, cls, raw.get(s, {})) for s, cls in SECTIONS.items()})
-    cfg.method = method or method_name(cfg.aggregator)
-    _validate(cfg)
-    return cfg
-
-
-def _validate(cfg: MetaTrainConfig) -> None:
-    t, b, m = cfg.task, cfg.byzantine, cfg.meta
-    for key, value in [("task.workers", t.workers), ("task.steps", t.steps), ("task.unroll", t.unroll),
-                       ("task.batch_size", t.batch_size), ("task.meta_batch", t.meta_batch),
-                       ("meta.trajectories", m.trajectories), ("meta.validate_every", m.validate_every)]:
-        if value < 1:
-            raise ConfigError(f"{key} = {value} must be >= 1")
-    a = cfg.aggregator
-    for key, value in [("aggregator.hidden", a.hidden), ("aggregator.layers", a.layers), ("aggregator.embed", a.embed)]:
-        if not 1 <= value <= 4096:
-            raise ConfigError(f"{key} = {value} must be in [1, 4096]")
-    for key, value, low in [("meta.lr", m.lr, 0.0), ("task.server_lr", t.server_lr, 0.0), ("aggregator.p", a.p, 0.0),
-                            ("aggregator.loss_scale", a.loss_scale, 0.0),
-                            ("aggregator.step_scale", a.step_scale, 0.0), ("meta.grad_clip", m.grad_clip, None),
-                            ("aggregator.probe_lr", a.probe_lr, None), ("aggregator.loss_logit_scale", a.loss_logit_scale, None)]:
-        if not math.isfinite(value) or value < 0 or (low is not None and value <= low):
-            raise ConfigError(f"{key} = {value} must be a finite number {'> 0' if low is not None else '>= 0'}")
-    if not 0.0 <= a.memory_decay <= 1.0:
-        raise ConfigError(f"aggregator.memory_decay = {a.memory_decay} must be in [0, 1]")
-    if not 0 <= m.seed < 2**24 or m.patience < 0 or not 0 <= m.threads <= 1024:
-        raise ConfigError(f"meta.seed = {m.seed} must be in [0, 2^24), meta.patience = {m.patience} >= 0 and "
-                          f"meta.threads = {m.threads} in [0, 1024]")
-    if m.validate_steps < 0:
-        raise ConfigError(f"meta.validate_steps = {m.validate_steps} must be >= 0 (0: task.steps)")
-    if not b.counts or any(not isinstance(c, int) or not 0 <= c < t.workers for c in b.counts):
-        raise ConfigError(f"byzantine.counts = {b.counts!r}: each must be an integer in [0, {t.workers - 1}]")
-    if not b.attacks:
-        raise ConfigError("byzantine.attacks must list at least one attack (a name or a table {name = ..., ...})")
-    if cfg.aggregator.input_clip and not cfg.aggregator.loss_info:
-        raise ConfigError("aggregator.input_clip = true clips to the public gradient's norm, which only ARNN computes: "
-                          "set aggregator.loss_info = true or input_clip = false")
-    if cfg.aggregator.loss_info and t.public_size < 1:
-        raise ConfigError("an ARNN aggregator (aggregator.loss_info = true) needs a public batch: set task.public_size > 0")
-    for cfg_run in _run_configs(cfg, 0):  # every (count, attack) pair must be a valid run
-        from ..engine.validate import validate
-
-        validate(cfg_run)
-
-
-def _attack_table(a: Any) -> dict[str, Any]:
-    return {"name": a} if isinstance(a, str) else dict(a)
-
-
-def _run_configs(cfg: MetaTrainConfig, seed: int) -> list[Config]:
-    """The run config of every (Byzantine count, attack) pair the trajectories draw from."""
-    out, seen = [], set()
-    for count, attack in itertools.product(cfg.byzantine.counts, cfg.byzantine.attacks):
-        table = _attack_table(attack) if count else {"name": "none"}
-        key = (count, json.dumps(table, sort_keys=True))
-        if key not in seen:
-            seen.add(key)
-            out.append(run_config(cfg, count, table, seed))
-    return out
-
-
-def run_config(cfg: MetaTrainConfig, byzantine: int, attack: dict[str, Any], seed: int) -> Config:
-    """The simulator config of one trajectory."""
-    t = cfg.task
-    return from_dict({
-        "data": {"name": t.data, "partition": t.partition, "public_size": t.public_size, "public_batch": t.public_batch,
-                 **({"data_dir": t.data_dir} if t.data_dir else {})},
-        "model": {"name": t.model},
-        "workers": {"n": t.workers, "byzantine": byzantine, "batch_size": t.batch_size},
-        "attack": attack,
-        "aggregator": {"name": "mean", "f": 0},
-        "optimizer": {"name": "sgd", "lr": t.server_lr},
-        "train": {"seed": seed, "rounds": t.steps, "threads": cfg.meta.threads},
-    })
-
-
-def build_network(cfg: MetaTrainConfig) -> CoordinatewiseRNN:
-    a = cfg.aggregator
-    return CoordinatewiseRNN(cell=a.cell, encoder=a.encoder, workers=cfg.task.workers, features=PREPROCESS_FEATURES[a.preprocess],
-                             loss_info=a.loss_info, hidden=a.hidden, layers=a.layers, embed=a.embed, loss_memory=a.loss_memory,
-                             loss_logit_scale=a.loss_logit_scale, memory_decay=a.memory_decay)
-
-
-def card_of(cfg: MetaTrainConfig) -> dict[str, Any]:
-    a = cfg.aggregator
-    return {"method": cfg.method, "preprocess": a.preprocess, "p": a.p, "output": a.output, "step_scale": a.step_scale,
-            "loss_scale": a.loss_scale, "probe": a.probe, "input_clip": a.input_clip, "probe_lr": a.probe_lr or cfg.task.server_lr,
-            "server_lr": cfg.task.server_lr}
 
 
 class Trajectory:
@@ -314,8 +147,9 @@ def meta_validate(folder: str | Path, overrides: list[str] | None = None, datase
 
     net, card = load_aggregator(folder)
     if not card.get("training_config"):
-        raise ConfigError(f"{str(folder)!r}: its card has no training_config, which meta-validate replays; "
-                          "give a folder written by byzlearn meta-train")
+        raise ConfigError(
+            f"{str(folder)!r}: its card has no training_config, which meta-validate replays; give a folder written by byzlearn meta-train"
+        )
     raw = apply_overrides(card["training_config"], overrides or [], sections=tuple(SECTIONS), open_defaults={})
     cfg = from_sections({**raw, "method": card.get("method", "")})
     if build_network(cfg).hyperparameters() != net.hyperparameters():
@@ -323,16 +157,29 @@ def meta_validate(folder: str | Path, overrides: list[str] | None = None, datase
     ds = dataset if dataset is not None else load_dataset(cfg.task.data, cfg.task.data_dir, True)
     t0 = time.perf_counter()
     scores = validation_scores(cfg, net, ds)
-    return {"method": cfg.method, "folder": str(folder), "overrides": list(overrides or []), "steps": validation_steps(cfg),
-            "input_clip": cfg.aggregator.input_clip, "score": sum(scores.values()) / len(scores), "settings": scores,
-            "wall_time": round(time.perf_counter() - t0, 2)}
+    return {
+        "method": cfg.method,
+        "folder": str(folder),
+        "overrides": list(overrides or []),
+        "steps": validation_steps(cfg),
+        "input_clip": cfg.aggregator.input_clip,
+        "score": sum(scores.values()) / len(scores),
+        "settings": scores,
+        "wall_time": round(time.perf_counter() - t0, 2),
+    }
 
 
 CHECKPOINT = "meta_checkpoint.pt"
 
 
-def meta_train(cfg: MetaTrainConfig, out: str | Path, progress: bool | None = None, dataset: Dataset | None = None,
-               resume: bool = False, stop_after: int | None = None) -> dict[str, Any] | None:
+def meta_train(
+    cfg: MetaTrainConfig,
+    out: str | Path,
+    progress: bool | None = None,
+    dataset: Dataset | None = None,
+    resume: bool = False,
+    stop_after: int | None = None,
+) -> dict[str, Any] | None:
     """Meta-train, save the best network and its card in ``out``; returns the card.
 
     At every validation the whole meta-training state (weights, Adam, best weights, history) is
@@ -356,15 +203,19 @@ def meta_train(cfg: MetaTrainConfig, out: str | Path, progress: bool | None = No
     if resume and (out / CHECKPOINT).exists():
         ck = load_meta_checkpoint(out / CHECKPOINT)
         if _without_budget(ck["config"]) != _without_budget(cfg.to_dict()):
-            raise ConfigError(f"{str(out / CHECKPOINT)!r} was written by another meta-training config; use a new --out "
-                              "(only meta.trajectories may change: a larger value extends a finished training)")
+            raise ConfigError(
+                f"{str(out / CHECKPOINT)!r} was written by another meta-training config; use a new --out "
+                "(only meta.trajectories may change: a larger value extends a finished training)"
+            )
         try:
             net.load_state_dict(ck["net"])
             opt.load_state_dict(ck["opt"])
             torch.set_rng_state(ck["rng"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
-            raise ConfigError(f"{str(out / CHECKPOINT)!r} does not fit this meta-training config ({type(e).__name__}: {e}); "
-                              "restore it or start again in a new --out") from None
+            raise ConfigError(
+                f"{str(out / CHECKPOINT)!r} does not fit this meta-training config ({type(e).__name__}: {e}); "
+                "restore it or start again in a new --out"
+            ) from None
         best, history, first, stale = ck["best"], ck["history"], ck["next"], ck["stale"]
         meta_steps, elapsed = ck["meta_steps"], ck["elapsed"]
     else:
@@ -373,8 +224,12 @@ def meta_train(cfg: MetaTrainConfig, out: str | Path, progress: bool | None = No
         first, stale, meta_steps, elapsed = 1, 0, 0, 0.0
     out.mkdir(parents=True, exist_ok=True)  # only now: a config, data or checkpoint error leaves nothing behind
     start = time.perf_counter() - elapsed
-    bar = tqdm(range(first, cfg.meta.trajectories + 1), disable=None if progress is None else not progress,
-               desc=f"meta-train {cfg.method}", unit="traj")
+    bar = tqdm(
+        range(first, cfg.meta.trajectories + 1),
+        disable=None if progress is None else not progress,
+        desc=f"meta-train {cfg.method}",
+        unit="traj",
+    )
     unrolls = math.ceil(cfg.task.steps / cfg.task.unroll)
     for k in bar:
         count, attack = _draw(cfg, k)
@@ -398,8 +253,13 @@ def meta_train(cfg: MetaTrainConfig, out: str | Path, progress: bool | None = No
             loss_value = float(meta_loss.detach())
             traj_loss += loss_value / T if math.isfinite(loss_value) else float("nan")
             traj.truncate()
-        row: dict[str, Any] = {"trajectory": k, "byzantine": count, "attack": attack["name"],
-                               "meta_loss": traj_loss / unrolls, "skipped_unrolls": skipped}
+        row: dict[str, Any] = {
+            "trajectory": k,
+            "byzantine": count,
+            "attack": attack["name"],
+            "meta_loss": traj_loss / unrolls,
+            "skipped_unrolls": skipped,
+        }
         history.append(row)
         (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")  # progress, readable while it trains
         if k % cfg.meta.validate_every == 0 or k == cfg.meta.trajectories:
@@ -419,9 +279,16 @@ def meta_train(cfg: MetaTrainConfig, out: str | Path, progress: bool | None = No
     bar.close()
     wall = time.perf_counter() - start
     net.load_state_dict(best["weights"])
-    card = {**card_of(cfg), "validation_score": best["score"], "best_trajectory": best["trajectory"],
-            "trajectories_run": history[-1]["trajectory"], "meta_steps": meta_steps, "wall_time": round(wall, 2),
-            "meta_steps_per_second": round(meta_steps / wall, 4) if wall > 0 else None, "training_config": cfg.to_dict()}
+    card = {
+        **card_of(cfg),
+        "validation_score": best["score"],
+        "best_trajectory": best["trajectory"],
+        "trajectories_run": history[-1]["trajectory"],
+        "meta_steps": meta_steps,
+        "wall_time": round(wall, 2),
+        "meta_steps_per_second": round(meta_steps / wall, 4) if wall > 0 else None,
+        "training_config": cfg.to_dict(),
+    }
     save_aggregator(net, card, out)
     plot_history(history, out / "meta_loss.png", cfg.method)
     return json.loads((out / "card.json").read_text())
@@ -431,11 +298,31 @@ def _without_budget(d: dict[str, Any]) -> dict[str, Any]:
     return {**d, "meta": {k: v for k, v in d["meta"].items() if k != "trajectories"}}
 
 
-def _checkpoint(out: Path, cfg: MetaTrainConfig, net: CoordinatewiseRNN, opt: torch.optim.Optimizer, best: dict[str, Any],
-                history: list[dict[str, Any]], next_k: int, stale: int, meta_steps: int, elapsed: float) -> None:
+def _checkpoint(
+    out: Path,
+    cfg: MetaTrainConfig,
+    net: CoordinatewiseRNN,
+    opt: torch.optim.Optimizer,
+    best: dict[str, Any],
+    history: list[dict[str, Any]],
+    next_k: int,
+    stale: int,
+    meta_steps: int,
+    elapsed: float,
+) -> None:
     (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
-    state = {"config": cfg.to_dict(), "net": net.state_dict(), "opt": opt.state_dict(), "best": best, "history": history,
-             "next": next_k, "stale": stale, "meta_steps": meta_steps, "elapsed": elapsed, "rng": torch.get_rng_state()}
+    state = {
+        "config": cfg.to_dict(),
+        "net": net.state_dict(),
+        "opt": opt.state_dict(),
+        "best": best,
+        "history": history,
+        "next": next_k,
+        "stale": stale,
+        "meta_steps": meta_steps,
+        "elapsed": elapsed,
+        "rng": torch.get_rng_state(),
+    }
     tmp = out / (CHECKPOINT + ".tmp")
     torch.save(state, tmp)
     tmp.replace(out / CHECKPOINT)

@@ -49,9 +49,20 @@ class CoordinatewiseRNN(nn.Module):
     reputation that a permutation-invariant encoder cannot otherwise keep.
     """
 
-    def __init__(self, cell: Cell = "lstm", encoder: Encoder = "concat", workers: int = 10, features: int = 1,
-                 loss_info: bool = False, hidden: int = 20, layers: int = 2, embed: int = 16, loss_memory: bool = False,
-                 loss_logit_scale: float = LOSS_LOGIT_SCALE, memory_decay: float = 0.9):
+    def __init__(
+        self,
+        cell: Cell = "lstm",
+        encoder: Encoder = "concat",
+        workers: int = 10,
+        features: int = 1,
+        loss_info: bool = False,
+        hidden: int = 20,
+        layers: int = 2,
+        embed: int = 16,
+        loss_memory: bool = False,
+        loss_logit_scale: float = LOSS_LOGIT_SCALE,
+        memory_decay: float = 0.9,
+    ):
         super().__init__()
         if cell not in ("lstm", "gru"):
             raise ValueError(f"cell must be 'lstm' or 'gru', got {cell!r}")
@@ -82,8 +93,19 @@ class CoordinatewiseRNN(nn.Module):
                         nn.init.zeros_(lin.bias)
 
     def hyperparameters(self) -> dict:
-        keys = ("cell", "encoder", "workers", "features", "loss_info", "hidden", "layers", "embed", "loss_memory",
-                "loss_logit_scale", "memory_decay")
+        keys = (
+            "cell",
+            "encoder",
+            "workers",
+            "features",
+            "loss_info",
+            "hidden",
+            "layers",
+            "embed",
+            "loss_memory",
+            "loss_logit_scale",
+            "memory_decay",
+        )
         return {k: getattr(self, k) for k in keys}
 
     @property
@@ -107,14 +129,16 @@ class CoordinatewiseRNN(nn.Module):
             X = torch.cat([X, loss_feat.to(X.dtype).reshape(1, M, q).expand(d, M, q)], dim=-1)
         if self.encoder == "concat":
             if M != self.workers:
-                raise ValueError(f"this aggregator was trained for {self.workers} workers and got {M}; "
-                                 "use the permutation-invariant variant (encoder = 'set') for a varying number")
+                raise ValueError(
+                    f"this aggregator was trained for {self.workers} workers and got {M}; "
+                    "use the permutation-invariant variant (encoder = 'set') for a varying number"
+                )
             return X.reshape(d, -1), None
         e = torch.tanh(self.embedding(X))  # [d, M, E]
         logits = self.score(e).squeeze(-1)
         if self.score_loss is not None:
             # same for every coordinate; scaled so that Adam's steps reach decisive logits in few meta-steps
-            logits = logits + self.loss_logit_scale * self.score_loss(X[0, :, self.features:]).squeeze(-1)
+            logits = logits + self.loss_logit_scale * self.score_loss(X[0, :, self.features :]).squeeze(-1)
         w = torch.softmax(logits, dim=1)  # [d, M], attention over workers
         x_att = (w * X[..., 0]).sum(1)  # [d]: attention-weighted average of the normalised values
         s_att = (w * X[..., 0].square()).sum(1).sqrt()  # [d]: attention-weighted RMS, the scale of the correction

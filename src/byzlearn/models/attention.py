@@ -49,8 +49,9 @@ class Block(nn.Module):
 class AttentionClassifier(nn.Module):
     """Token + position embedding, transformer blocks, layer norm, mean pooling, linear head."""
 
-    def __init__(self, length: int, num_classes: int, vocab: int = VOCAB, d_model: int = 32, heads: int = 2,
-                 blocks: int = 2, d_mlp: int = 64):
+    def __init__(
+        self, length: int, num_classes: int, vocab: int = VOCAB, d_model: int = 32, heads: int = 2, blocks: int = 2, d_mlp: int = 64
+    ):
         super().__init__()
         self.vocab = vocab
         self.tok = nn.Embedding(vocab, d_model)

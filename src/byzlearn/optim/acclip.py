@@ -51,8 +51,13 @@ class ACClip(torch.optim.Optimizer):
     alpha-moment estimate."""
 
     def __init__(
-        self, params: Params, lr: float, betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-5,
-        alpha: float = 1.0, weight_decay: float = 0.0,
+        self,
+        params: Params,
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.99),
+        eps: float = 1e-5,
+        alpha: float = 1.0,
+        weight_decay: float = 0.0,
     ):
         _check_positive("lr", lr)
         _check_positive("eps", eps)
@@ -187,8 +192,12 @@ class CoordClippedSGD(_ClippedSGDBase):
 # -- registered factories (annotated keyword parameters = the [optimizer] config keys) -----------------
 @OPTIMIZERS.register("acclip")
 def acclip(
-    params: list[Tensor], lr: float = 0.1, betas: list[float] = (0.9, 0.99), eps: float = 1e-5,  # type: ignore[assignment]
-    alpha: float = 1.0, weight_decay: float = 0.0,
+    params: list[Tensor],
+    lr: float = 0.1,
+    betas: list[float] = (0.9, 0.99),
+    eps: float = 1e-5,  # type: ignore[assignment]
+    alpha: float = 1.0,
+    weight_decay: float = 0.0,
 ) -> torch.optim.Optimizer:
     """ACClip (Zhang et al. 2020): momentum clipped per coordinate at an online alpha-moment of |g| (alpha = 1 by default)."""
     return ACClip(params, lr=lr, betas=tuple(betas), eps=eps, alpha=alpha, weight_decay=weight_decay)  # type: ignore[arg-type]
@@ -196,7 +205,7 @@ def acclip(
 
 @OPTIMIZERS.register("clipped_sgd")
 def clipped_sgd(
-    params: list[Tensor], lr: float = 0.1, max_norm: float = 1.0, momentum: float = 0.0, weight_decay: float = 0.0,
+    params: list[Tensor], lr: float = 0.1, max_norm: float = 1.0, momentum: float = 0.0, weight_decay: float = 0.0
 ) -> torch.optim.Optimizer:
     """SGD on the gradient clipped to global L2 norm max_norm (GClip in Zhang et al. 2020)."""
     return ClippedSGD(params, lr=lr, max_norm=max_norm, momentum=momentum, weight_decay=weight_decay)
@@ -204,7 +213,7 @@ def clipped_sgd(
 
 @OPTIMIZERS.register("coord_clipped_sgd")
 def coord_clipped_sgd(
-    params: list[Tensor], lr: float = 0.1, threshold: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
+    params: list[Tensor], lr: float = 0.1, threshold: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0
 ) -> torch.optim.Optimizer:
     """SGD on the gradient clipped coordinate-wise at a fixed threshold (CClip in Zhang et al. 2020)."""
     return CoordClippedSGD(params, lr=lr, threshold=threshold, momentum=momentum, weight_decay=weight_decay)

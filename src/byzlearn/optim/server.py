@@ -27,8 +27,7 @@ def check_optimizer(section: dict[str, Any]) -> None:
     default = OPTIMIZERS.parameters(name).get("lr")
     lr = params.get("lr", default.default if default is not None else 1.0)
     if not 0 <= lr <= FLOAT32_MAX:  # 0 freezes the model (the tests inspect messages that way)
-        raise ConfigError(f"optimizer.lr = {lr} must be a finite number >= 0 (e.g. 0.1)"
-                          + (" within float32's range" if lr > 0 else ""))
+        raise ConfigError(f"optimizer.lr = {lr} must be a finite number >= 0 (e.g. 0.1)" + (" within float32's range" if lr > 0 else ""))
     for key, value in params.items():
         if key == "betas":
             if len(value) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in value):
@@ -43,24 +42,28 @@ def check_optimizer(section: dict[str, Any]) -> None:
 
 @OPTIMIZERS.register("sgd")
 def sgd(
-    params: list[Tensor], lr: float = 0.1, momentum: float = 0.0, dampening: float = 0.0,
-    weight_decay: float = 0.0, nesterov: bool = False,
+    params: list[Tensor], lr: float = 0.1, momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False
 ) -> torch.optim.Optimizer:
     """Stochastic gradient descent (optionally with heavy-ball or Nesterov momentum)."""
     return torch.optim.SGD(params, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov)
 
 
 @OPTIMIZERS.register("momentum")
-def momentum(params: list[Tensor], lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0,
-             nesterov: bool = False) -> torch.optim.Optimizer:
+def momentum(
+    params: list[Tensor], lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0, nesterov: bool = False
+) -> torch.optim.Optimizer:
     """SGD with heavy-ball momentum at the server (0.9 by default)."""
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
 
 
 @OPTIMIZERS.register("adam")
 def adam(
-    params: list[Tensor], lr: float = 1e-3, betas: list[float] = (0.9, 0.999), eps: float = 1e-8,  # type: ignore[assignment]
-    weight_decay: float = 0.0, amsgrad: bool = False,
+    params: list[Tensor],
+    lr: float = 1e-3,
+    betas: list[float] = (0.9, 0.999),
+    eps: float = 1e-8,  # type: ignore[assignment]
+    weight_decay: float = 0.0,
+    amsgrad: bool = False,
 ) -> torch.optim.Optimizer:
     """Adam (Kingma & Ba 2015) applied to the aggregated gradient."""
     return torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
