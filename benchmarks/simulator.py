@@ -30,7 +30,7 @@ from byzlearn.engine import Simulator
 class LoopSimulator(Simulator):
     """The same simulator with per-worker gradients computed one worker at a time."""
 
-    def worker_gradients(self, idx, poison=None):
+    def worker_gradients(self, idx, poison=None, workers=None):
         params = list(self.model.module.parameters())
         grads, losses = [], []
         self.model.load_into_module(self.theta)

@@ -251,3 +251,23 @@ def test_owned_batches_that_share_memory_are_not_written(pre):
     assert torch.equal(base, torch.full((1, 4), 10.0))
     expected = agg(G.contiguous(), AggregationContext())
     torch.testing.assert_close(out, expected)
+
+
+# ---------------------------------------------------------------- Zeno judges by descent, not distance
+def test_zeno_keeps_a_far_row_only_when_it_descends():
+    """Found by the long property search: at the float32 scale sqrt(tiny), the honest steps are below the
+    loss's resolution (their loss decrease is exactly 0) and a row a million honest scales away that points
+    down the loss is rightly kept; the same row pointing up the loss is dropped."""
+
+    def loss(P):  # the property suite's public loss: half the mean squared distance to 1
+        return 0.5 * (P.double() - 1.0).square().mean(dim=1)
+
+    honest = torch.tensor([[1.6708e-19], [-3.1814e-20]])
+    zeno = build_aggregator({"name": "zeno"}, f_default=1)
+    for sign, kept in ((-1.0, True), (1.0, False)):  # params 0, step -lr g: g < 0 moves towards 1
+        G = torch.cat([honest[:1], torch.tensor([[sign * 1.6707e-13]]), honest[1:]])
+        ctx = AggregationContext(params=torch.zeros(1), lr=0.1, public_loss=loss)
+        out = zeno(G, ctx)
+        assert (abs(float(out)) > 1e-14) == kept
+        if not kept:
+            assert float(out.abs()) <= float(honest.abs().max())

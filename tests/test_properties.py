@@ -50,7 +50,7 @@ FAMILY = {
     "bulyan": "average",
     "geometric_median": "geometric_median",
     "centered_clipping": "centered_clipping",
-    "zeno": "average",
+    "zeno": "zeno",
     "learned": "learned",
 }
 RULES = sorted(set(AGGREGATORS.names()) - set(SKIPPED))
@@ -222,6 +222,18 @@ def check_rule(name: str, agg, b: Batch):
         assert any(torch.equal(out, row) for row in honest), (name, kinds)
     elif family == "average" and b.far_or_copies():  # an average of honest rows only
         assert inside_honest_range(out, honest), (name, kinds)
+    elif family == "zeno" and b.far_or_copies() and not inside_honest_range(out, honest):
+        # Zeno filters by descent on the public loss, not by distance: a far row kept must descend. Each row it
+        # averages scores at least the worst honest row (at most b >= k rows are dropped), so with this convex
+        # loss the output's step is no worse than the worst honest step plus the honest rows' penalty.
+        lr = b.ctx.lr
+        rho = agg.rho if agg.rho is not None else lr / agg.rho_ratio
+        H = honest.double()
+        pen = H.square().mean(1) if agg.penalty == "mean_square" else H.square().sum(1)
+        after = public_loss(-lr * torch.cat([H, out.double().unsqueeze(0)]))  # params are 0
+        bound = float(after[:-1].max() + rho * pen.max())
+        slack = 16 * torch.finfo(G.dtype).eps * (abs(bound) + float(after[-1].abs())) + 1e-300
+        assert float(after[-1]) <= bound + slack, (name, kinds, float(after[-1]), bound)
     elif family == "geometric_median":  # breakdown bound: |z - c| <= r / sqrt(1 - (k/h)^2), honest rows in B(c, r)
         H = honest.double() / M
         c = H.mean(0)

@@ -97,7 +97,7 @@ class Simulator:
         self._losses = vmap(self._loss, in_dims=(0, None, None))
         self.fedavg = cfg.train.algorithm == "fedavg"
         if self.fedavg:  # every client's own parameters: one vmap over a [k, d] parameter batch per local step
-            self._local_grads = vmap(grad_and_value(self._loss), in_dims=(0, 0, 0))
+            self._local_grads = vmap(grad_and_value(self._loss_parts), in_dims=(0, 0, 0))
         self.momentum = make_momentum(cfg, self.d)
 
         # -- Byzantine behaviour, rule, server optimiser ----------------------------------------------
@@ -153,6 +153,10 @@ class Simulator:
     # -- pieces of a round ------------------------------------------------------------------------------
     def _loss(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(self.model(theta, x), y)
+
+    def _loss_parts(self, params: tuple[Tensor, ...], x: Tensor, y: Tensor) -> Tensor:
+        """``_loss`` of the parameters as one tensor per layer (FedAvg's local steps keep them so)."""
+        return F.cross_entropy(self.model.call_parts(params, x), y)
 
     def _draw_byzantine(self) -> Tensor:
         """Indices of this round's Byzantine workers (sorted)."""
@@ -235,7 +239,8 @@ class Simulator:
         y = self.y_train.index_select(0, flat).view(idx.shape)
         if poison is not None:
             y = torch.where(poison.to(self.device).view(1, -1, 1), self.attack.poison_labels(y, self.dataset.num_classes), y)
-        W, losses = local_sgd(self._local_grads, self.theta, x, y, fa.local_lr, fa.local_weight_decay)
+        parts = tuple(self.model.unflatten(self.theta.detach()).values())
+        W, losses = local_sgd(self._local_grads, parts, x, y, fa.local_lr, fa.local_weight_decay)
         return (W if fa.aggregate == "weights" else torch.sub(self.theta.detach(), W, out=W)), losses
 
     def messages(self, draw: RoundDraw, agg_ctx: AggregationContext) -> tuple[Tensor, Tensor]:

@@ -12,7 +12,7 @@
 - Robust FedAvg (``train.algorithm = "fedavg"``, ByzFL's ``FedAvg``, Blades, Flower): a sampled client
   runs K local SGD steps from the global model and sends ``w_start - w_end`` (``fedavg.aggregate =
   "update"``, the pseudo-gradient of FedOpt, Reddi et al., ICLR 2021) or ``w_end`` (``"weights"``).
-  ``local_sgd`` runs every sampled client's K steps batched: one ``vmap`` pass over a ``[k, d]``
+  ``local_sgd`` runs every sampled client's K steps batched: one ``vmap`` pass over the clients'
   parameter batch per local step.
 """
 
@@ -39,11 +39,20 @@ class Momentum:
         return self.buffer
 
     def step(self, G: Tensor, workers: Tensor) -> Tensor:
-        """The new momenta of ``workers`` (rows of ``G`` are their gradients), stored and returned (a copy)."""
+        """The new momenta of ``workers`` (sorted, distinct ids; rows of ``G`` are their gradients), stored
+        and returned as a tensor of their own (pre-aggregators may overwrite the round's messages).
+
+        When every worker computes, the update runs in place on the buffer and its copy is written over
+        ``G`` (no allocation per round); otherwise the rows are gathered, updated and scattered back."""
         buf = self._buf(G)
+        G = G.to(buf.dtype)
+        alpha = 1.0 - self.beta if self.form == "ema" else 1.0
+        if workers.numel() == self.n:  # every worker, in order: in place, no gather
+            buf.mul_(self.beta).add_(G, alpha=alpha)
+            return G.copy_(buf)
         workers = workers.to(buf.device)
         m = buf.index_select(0, workers).mul_(self.beta)
-        m.add_(G.to(buf.dtype), alpha=1.0 - self.beta if self.form == "ema" else 1.0)
+        m.add_(G, alpha=alpha)
         buf.index_copy_(0, workers, m)
         return m
 
@@ -72,32 +81,35 @@ def make_momentum(cfg: Config, d: int) -> Momentum | None:
 
 
 def local_sgd(
-    grads: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]],
-    theta: Tensor,
+    grads: Callable[[tuple[Tensor, ...], Tensor, Tensor], tuple[tuple[Tensor, ...], Tensor]],
+    params: tuple[Tensor, ...],
     x: Tensor,
     y: Tensor,
     lr: float,
     weight_decay: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
-    """K local SGD steps of k clients from ``theta``, batched: ``x: [K, k, B, ...]``, ``y: [K, k, B]``.
+    """K local SGD steps of k clients from the global model, batched: ``x: [K, k, B, ...]``, ``y: [K, k, B]``.
 
-    ``grads(P, x_s, y_s)`` is ``vmap(grad_and_value(loss))`` over the parameter batch ``P: [k, d]``.
-    Each step is ``torch.optim.SGD(lr, weight_decay)`` without momentum (ByzFL's local optimiser):
-    ``w <- w - lr (g + weight_decay w)``. Returns the final weights ``[k, d]`` and the clients' losses
-    at the global model (their first step), ``[k]``.
+    ``params``: the global model's parameter tensors (one per layer); ``grads(P, x_s, y_s)`` is
+    ``vmap(grad_and_value(loss))`` over the clients' parameter batches ``P`` (each ``[k, *shape]``), kept
+    per layer across the K steps (contiguous, which ``bmm`` runs fastest on), flattened once at the end. Each step is ``torch.optim.SGD(lr,
+    weight_decay)`` without momentum (ByzFL's local optimiser): ``w <- w - lr (g + weight_decay w)``.
+    Returns the final weights as one flat batch ``[k, d]`` and the clients' losses at the global model
+    (their first step), ``[k]``.
     """
     K, k = y.shape[0], y.shape[1]
-    P = theta.detach().unsqueeze(0).expand(k, -1).clone()
+    P = tuple(p.detach().unsqueeze(0).expand(k, *p.shape).clone() for p in params)  # contiguous per layer (bmm)
     first = None
-    for s in range(K):  # a loop over local steps; the clients are the batch
+    for s in range(K):  # a loop over local steps; the clients are the batch (and over the few layers)
         g, loss = grads(P, x[s], y[s])
         if first is None:
             first = loss
-        if weight_decay:
-            g = g.add(P, alpha=weight_decay)
-        P = P.sub_(g, alpha=lr)
+        for p, gp in zip(P, g):
+            if weight_decay:
+                gp = gp.add(p, alpha=weight_decay)
+            p.sub_(gp, alpha=lr)
     assert first is not None
-    return P, first
+    return torch.cat([p.reshape(k, -1) for p in P], dim=1), first
 
 
 def client_count(cfg: Config) -> int:

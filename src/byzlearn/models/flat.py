@@ -39,6 +39,10 @@ class FlatModel:
         """Logits of the module with parameters ``theta`` on inputs ``x``."""
         return functional_call(self.module, (self.unflatten(theta), self.buffers), (x,))
 
+    def call_parts(self, params: tuple[Tensor, ...], x: Tensor) -> Tensor:
+        """Logits with the parameters given one tensor per layer (in ``names`` order)."""
+        return functional_call(self.module, (dict(zip(self.names, params)), self.buffers), (x,))
+
     @torch.no_grad()
     def load_into_module(self, theta: Tensor) -> None:
         """Copy ``theta`` into the module's own parameters (for code that calls the module directly)."""
