@@ -336,6 +336,29 @@ def test_smoothed_weiszfeld_close_to_plain_and_max_iter_zero_is_mean():
     torch.testing.assert_close(F.geometric_median(X, nu=1e9), X.mean(0))
 
 
+def test_geometric_median_init_zero_is_byzfl_fixed_iterations():
+    """``init = "zero"``, 3 iterations, nu 0.1: ByzFL 0.0.11's GeometricMedian (z_0 = 0; z <- sum b_i x_i / sum b_i,
+    b_i = 1 / max(nu, |x_i - z|)), here written out by hand from its definition; one step is a reweighted mean."""
+    X = rand(9, 6, 21) * 3
+
+    def byzfl(V, nu=0.1, T=3):
+        z = torch.zeros_like(V[0])
+        for _ in range(T):
+            b = 1.0 / torch.linalg.vector_norm(V - z, dim=1).clamp_min(nu)
+            z = (b[:, None] * V).sum(0) / b.sum()
+        return z
+
+    for T in (1, 2, 3):
+        got = F.geometric_median(X, eps=0.0, max_iter=T, nu=0.1, init="zero")
+        torch.testing.assert_close(got, byzfl(X, T=T), atol=1e-12, rtol=0)
+    assert torch.equal(F.geometric_median(X, max_iter=0, init="zero"), torch.zeros(6, dtype=X.dtype))
+    agg = build_aggregator({"name": "geometric_median", "init": "zero", "max_iter": 3, "nu": 0.1, "eps": 0.0}, 2)
+    torch.testing.assert_close(agg(X, AggregationContext()), byzfl(X), atol=1e-12, rtol=0)
+    assert torch.equal(F.geometric_median(X), F.geometric_median(X, init="mean"))
+    with pytest.raises(ConfigError, match="init must be"):
+        build_aggregator({"name": "geometric_median", "init": "origin"}, 1)
+
+
 # ------------------------------------------------------------------------------------------------
 # centered clipping
 # ------------------------------------------------------------------------------------------------
@@ -595,7 +618,7 @@ def test_multi_krum_m_checks():
 
 
 def test_registry_validates_config_keys_and_types():
-    assert set(AGGREGATORS.parameters("geometric_median")) == {"f", "eps", "max_iter", "nu"}
+    assert set(AGGREGATORS.parameters("geometric_median")) == {"f", "eps", "max_iter", "nu", "init"}
     assert set(AGGREGATORS.parameters("centered_clipping")) == {"f", "tau", "iters"}
     assert set(AGGREGATORS.parameters("multi_krum")) == {"f", "m"}
     with pytest.raises(ConfigError, match="wrong type"):

@@ -264,6 +264,31 @@ def test_line_maximize_budget_and_quality():
     assert value == max(objective(x) for x in calls[:20]) and abs(best - 37.0) < 2.0
 
 
+def test_line_maximize_byzfl_search_probes_only_above_its_best_point():
+    """ByzFL 0.0.11's contraction (``_contraction_phase``) tries ``best + delta`` only: on a damage curve that
+    peaks at 0.5 and is flat from 1 on (what clipping makes of IPM), it stays on the plateau at 10; the
+    two-sided search walks back down and finds the peak. Probe sequence written out from ByzFL's code."""
+
+    def damage(x):
+        return 1.0 + x if x < 0.5 else (1.5 - 0.5 * (x - 0.5) if x < 1.5 else 1.2)  # 1.2 on the plateau, 1.5 at 0.5
+
+    calls = []
+    best, value = line_maximize(lambda x: calls.append(x) or damage(x), evals=20, search="byzfl")
+    expected, b, dl = [0.0, 10.0], 10.0, 20.0 * 0.8  # 10 beats 0 (1.2 > 1.0), 30 does not: delta 20 * 0.8
+    expected.append(30.0)
+    while len(expected) < 20:
+        expected.append(b + dl)
+        dl *= 0.8
+    assert calls == pytest.approx(expected) and best == 10.0 and value == 1.2
+    hump = lambda x: -((x - 4.0) ** 2)  # noqa: E731  (10 is worse than 0: the contraction decides)
+    one_sided, two_sided = line_maximize(hump, search="byzfl"), line_maximize(hump)
+    assert one_sided[0] >= 6.0 and abs(two_sided[0] - 4.0) < 1.0 and two_sided[1] > one_sided[1]
+    attack = ATTACKS.build("ipm_optimal", {"search": "byzfl"}, "attack")
+    assert attack.search == "byzfl" and "search='byzfl'" in repr(attack)
+    with pytest.raises(ConfigError, match="attack.search"):
+        ATTACKS.build("alie_optimal", {"search": "down"}, "attack")
+
+
 def test_line_maximize_nan_ranks_lowest():
     best, value = line_maximize(lambda x: float("nan") if x < 5 else -abs(x - 20.0), evals=20)
     assert best > 5 and value > -20

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..registry import ConfigError
 from . import _pairwise as P
 from ._finite import LOW_PRECISION, all_finite
 from .base import AGGREGATORS, AggregationContext, Aggregator
@@ -31,7 +32,13 @@ __all__ = ["geometric_median", "centered_clipping", "GeometricMedian", "Centered
 
 
 def geometric_median(
-    G: Tensor, eps: float = 1e-6, max_iter: int = 100, nu: float = 0.0, weights: Tensor | None = None, f: int | None = None
+    G: Tensor,
+    eps: float = 1e-6,
+    max_iter: int = 100,
+    nu: float = 0.0,
+    weights: Tensor | None = None,
+    f: int | None = None,
+    init: str = "mean",
 ) -> Tensor:
     """Geometric median ``argmin_z sum_i a_i |z - x_i|`` by Weiszfeld's algorithm.
 
@@ -52,6 +59,10 @@ def geometric_median(
       the far rows are. Batches without far rows run the plain algorithm above, bit for bit.
     - ``weights``: optional non-negative ``a_i`` (default 1). Non-finite rows get weight 0.
     - ``f``: optional; when given, checks the breakdown condition ``f < n/2``.
+    - ``init = "zero"`` (ByzFL's ``GeometricMedian``, for comparisons with it): the iterations start at
+      the origin, so the first step gives weights ``a_i / max(nu, |x_i|)``; with ``max_iter = 3``,
+      ``nu = 0.1``, ``eps = 0`` this is ByzFL's default ``T = 3`` fixed iterations (``max_iter = 0``
+      returns the origin). Not robust as a median: three steps from 0 are a reweighted mean.
 
     All iterations run in Gram space: ``z = w^T G`` stays a convex combination of the rows, so
     ``|z - x_i|^2 = w^T K w - 2 (K w)_i + K_ii`` with the centred Gram ``K``; the iterations cost
@@ -67,6 +78,8 @@ def geometric_median(
         raise ValueError(f"geometric_median: max_iter must be a non-negative integer, got {max_iter!r}")
     if not (isinstance(nu, (int, float)) and nu >= 0):
         raise ValueError(f"geometric_median: nu must be >= 0, got {nu!r}")
+    if init not in ("mean", "zero"):
+        raise ValueError(f"geometric_median: init must be 'mean' or 'zero' (ByzFL's start at the origin), got {init!r}")
     K, finite, s, _ = P.distance_gram(G)  # the Gram of s * G (s = 1 but for hostile float64 inputs)
     a = torch.ones(n, dtype=torch.float64)
     if weights is not None:
@@ -80,7 +93,14 @@ def geometric_median(
     idx = torch.nonzero(a > 0).flatten()
     a = a[idx]
     Kc = K.detach().to("cpu", torch.float64)[idx][:, idx]
-    w = _weiszfeld_gram(Kc, a, eps, max_iter, nu * s, torch.finfo(K.dtype).eps)
+    w0 = None
+    if init == "zero":  # the first step from the origin, computed from the rows' own norms
+        if max_iter == 0:
+            return torch.zeros(d, dtype=G.dtype, device=G.device)
+        r = torch.linalg.vector_norm(G.index_select(0, idx.to(G.device)).double() * s, dim=1).cpu()
+        beta = a / r.clamp_min(max(nu * s, torch.finfo(torch.float64).tiny))
+        w0, max_iter = beta / beta.sum(), max_iter - 1
+    w = _weiszfeld_gram(Kc, a, eps, max_iter, nu * s, torch.finfo(K.dtype).eps, w0)
     w_full = torch.zeros(n, dtype=torch.float64)
     w_full[idx] = w
     return P.weighted_rows(G, w_full.to(G.device), finite)
@@ -114,7 +134,7 @@ def _decrease(K: Tensor, a: Tensor, w: Tensor, w_new: Tensor, dst: Tensor, dst_n
     return float(a @ torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den)))
 
 
-def _weiszfeld_gram(K: Tensor, a: Tensor, eps: float, max_iter: int, nu: float, eps_dtype: float) -> Tensor:
+def _weiszfeld_gram(K: Tensor, a: Tensor, eps: float, max_iter: int, nu: float, eps_dtype: float, w0: Tensor | None = None) -> Tensor:
     diag = K.diagonal()
 
     def dist(w: Tensor) -> tuple[Tensor, Tensor]:
@@ -122,9 +142,11 @@ def _weiszfeld_gram(K: Tensor, a: Tensor, eps: float, max_iter: int, nu: float, 
         zz = w @ Kw
         return (zz - 2.0 * Kw + diag).clamp_min(0.0).sqrt(), zz
 
-    far = _far_rows(K, a) if K.shape[0] > 2 else None
+    far = _far_rows(K, a) if K.shape[0] > 2 and w0 is None else None
     core = None if far is None else ~far[1]
-    if far is None:
+    if w0 is not None:
+        w = w0
+    elif far is None:
         w = a / a.sum()
     else:  # far rows: start at the medoid, test convergence on the other rows (see geometric_median)
         w = torch.zeros_like(a)
@@ -249,22 +271,25 @@ class GeometricMedian(Aggregator):
 
     name = "geometric_median"
 
-    def __init__(self, f: int = 0, eps: float = 1e-6, max_iter: int = 100, nu: float = 0.0):
+    def __init__(self, f: int = 0, eps: float = 1e-6, max_iter: int = 100, nu: float = 0.0, init: str = "mean"):
         super().__init__(f)
         _config_float(eps, "eps", positive=False)
         _config_int(max_iter, "max_iter", 0)
         _config_float(nu, "nu", positive=False)
-        self.eps, self.max_iter, self.nu = float(eps), max_iter, float(nu)
+        if init not in ("mean", "zero"):
+            raise ConfigError(f"aggregator.init must be 'mean' or 'zero' (ByzFL's start at the origin), got {init!r}")
+        self.eps, self.max_iter, self.nu, self.init = float(eps), max_iter, float(nu), init
 
     def requirement(self, n: int) -> str | None:
         return _req_half(n, self.f)
 
     def aggregate(self, G: Tensor, ctx: AggregationContext) -> Tensor:
         weights = ctx.extras.get("weights") if ctx is not None else None
-        return geometric_median(G, self.eps, self.max_iter, self.nu, weights=weights)
+        return geometric_median(G, self.eps, self.max_iter, self.nu, weights=weights, init=self.init)
 
     def __repr__(self) -> str:
-        return f"GeometricMedian(f={self.f}, eps={self.eps}, max_iter={self.max_iter}, nu={self.nu})"
+        init = "" if self.init == "mean" else f", init={self.init!r}"
+        return f"GeometricMedian(f={self.f}, eps={self.eps}, max_iter={self.max_iter}, nu={self.nu}{init})"
 
 
 @AGGREGATORS.register("centered_clipping")

@@ -33,11 +33,16 @@ from .omniscient import coordinate_std
 
 
 def line_maximize(
-    objective: Callable[[float], float], evals: int = 20, start: float = 0.0, delta: float = 10.0, ratio: float = 0.8
+    objective: Callable[[float], float],
+    evals: int = 20,
+    start: float = 0.0,
+    delta: float = 10.0,
+    ratio: float = 0.8,
+    search: str = "two_sided",
 ) -> tuple[float, float]:
     """Best-effort ``argmax_{tau >= 0} objective(tau)`` with exactly ``evals`` evaluations.
 
-    The search of ByzFL's ``LineMaximize``, re-implemented:
+    A ``LineMaximize`` search:
 
     1. evaluate ``start``;
     2. expansion: probe ``best + delta``; while the probe improves on the best, accept it and double
@@ -45,7 +50,10 @@ def line_maximize(
     3. contraction: the probe walks from its last position by ``delta`` toward the best point
        (up if it is below the best, down if it is at or above it; a step that would go below 0 is
        halved back toward the probe until non-negative), improvements are accepted, and ``delta``
-       shrinks by ``ratio`` after every probe;
+       shrinks by ``ratio`` after every probe (``search = "two_sided"``, the default); ByzFL 0.0.11's
+       optimal attacks (``byzfl/attacks/attacks.py``, ``_contraction_phase``) probe ``best + delta`` only,
+       never below the best point (``search = "byzfl"``): on a damage curve that peaks below the first
+       expansion step (clipping flattens it beyond) that search stays on the plateau;
 
     until the budget is spent. Returns ``(best_tau, best_value)``. A NaN value ranks below every
     number (it never counts as an improvement; a NaN at ``start`` is beaten by any number).
@@ -72,7 +80,9 @@ def line_maximize(
             delta *= ratio
             break
     while left > 0:  # contraction
-        if probe < best_x:
+        if search == "byzfl":
+            probe = best_x + delta
+        elif probe < best_x:
             probe = probe + delta
         else:
             x = probe - delta
@@ -93,7 +103,17 @@ class _OptimalAttack(Attack):
     omniscient = True
     family = ""
 
-    def __init__(self, evals: int = 20, start: float = 0.0, delta: float = 10.0, ratio: float = 0.8):
+    def __init__(
+        self,
+        evals: int = 20,
+        start: float = 0.0,
+        delta: float = 10.0,
+        ratio: float = 0.8,
+        search: Literal["two_sided", "byzfl"] = "two_sided",
+    ):
+        if search not in ("two_sided", "byzfl"):
+            raise ConfigError(f"attack.search must be 'two_sided' or 'byzfl' (ByzFL 0.0.11's one-sided contraction), got {search!r}")
+        self.search = search
         if not isinstance(evals, int) or isinstance(evals, bool) or evals < 1:
             raise ConfigError(f"attack.evals must be a positive integer, got {evals!r}")
         for key, value in (("start", start), ("delta", delta), ("ratio", ratio)):
@@ -151,12 +171,13 @@ class _OptimalAttack(Attack):
             return ctx.honest[:0]
         stats = self._prepare(ctx.honest)  # once per round: the probes and the final vector share it
         damage = self.damage_function(ctx, stats)
-        tau, value = line_maximize(damage, self.evals, self.start, self.delta, self.ratio)
+        tau, value = line_maximize(damage, self.evals, self.start, self.delta, self.ratio, self.search)
         self.last_strength, self.last_damage = tau, value
         return rows_of(self._vector(stats, tau), ctx.f)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(evals={self.evals}, start={self.start}, delta={self.delta}, ratio={self.ratio})"
+        search = "" if self.search == "two_sided" else f", search={self.search!r}"
+        return f"{type(self).__name__}(evals={self.evals}, start={self.start}, delta={self.delta}, ratio={self.ratio}{search})"
 
 
 @ATTACKS.register("alie_optimal")
@@ -165,16 +186,23 @@ class OptimalALIEAttack(_OptimalAttack):
 
     All send ``mu - z * sigma`` (as ``alie``) with ``z >= 0`` maximising ``||F(G(z)) - mu||``, found by
     ``line_maximize`` (defaults as ByzFL's optimal attacks: start 0, delta 10, ratio 0.8, 20
-    evaluations). ``direction = "plus"`` sends ``mu + z * sigma``, ByzFL's ``Optimal_ALittleIsEnough``.
+    evaluations). ``direction = "plus"`` sends ``mu + z * sigma``, ByzFL's ``Optimal_ALittleIsEnough``;
+    ``search = "byzfl"`` takes ByzFL 0.0.11's one-sided contraction (see ``line_maximize``).
     The chosen ``z`` is kept in ``last_strength``.
     """
 
     name = "alie_optimal"
 
     def __init__(
-        self, evals: int = 20, start: float = 0.0, delta: float = 10.0, ratio: float = 0.8, direction: Literal["minus", "plus"] = "minus"
+        self,
+        evals: int = 20,
+        start: float = 0.0,
+        delta: float = 10.0,
+        ratio: float = 0.8,
+        direction: Literal["minus", "plus"] = "minus",
+        search: Literal["two_sided", "byzfl"] = "two_sided",
     ):
-        super().__init__(evals, start, delta, ratio)
+        super().__init__(evals, start, delta, ratio, search)
         if direction not in ("minus", "plus"):
             raise ConfigError(f"attack.direction must be 'minus' (mu - z sigma, Baruch et al.) or 'plus' (ByzFL), got {direction!r}")
         self.direction = direction
@@ -192,7 +220,8 @@ class OptimalIPMAttack(_OptimalAttack):
     """IPM with ``epsilon`` optimised each round against the defender's rule (ByzFL "Optimal IPM").
 
     All send ``-epsilon * mu`` (as ``ipm``) with ``epsilon >= 0`` maximising ``||F(G(eps)) - mu||``, found
-    by ``line_maximize`` (start 0, delta 10, ratio 0.8, 20 evaluations, as ByzFL). The chosen
+    by ``line_maximize`` (start 0, delta 10, ratio 0.8, 20 evaluations, as ByzFL; ``search = "byzfl"``
+    for ByzFL 0.0.11's one-sided contraction). The chosen
     ``epsilon`` is kept in ``last_strength``.
     """
 
