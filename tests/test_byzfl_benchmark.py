@@ -1,5 +1,7 @@
 """The byzfl-benchmark reproduction: ByzFL's default benchmark config, and the side-by-side comparison."""
 
+import tomllib
+
 from byzlearn import config as C
 from byzlearn.experiments import matrix as M
 from byzlearn.experiments.repro_byzfl_benchmark import ATTACK_LABEL, METHOD, config, side_by_side
@@ -51,4 +53,30 @@ def test_side_by_side_pairs_cells_and_judges_the_spread():
     assert r["byzlearn"]["final"]["mean"] == 0.91 and r["byzfl"]["final"]["mean"] == 0.92 and r["overlap"]
     assert r["speedup"] == 4.0
     far = side_by_side([ours(0.80, 0), ours(0.81, 1)], [theirs(0.91, 0), theirs(0.92, 1)])[0]
-    assert not far["overlap"] and abs(far["difference"] + 0.11) < 1e-12
+    assert far["overlap"] is False and abs(far["difference"] + 0.11) < 1e-12
+    single = side_by_side([ours(0.80, 0), ours(0.81, 1)], [theirs(0.91, 0)])[0]
+    assert single["overlap"] is None  # one ByzFL seed: no spread to judge by
+
+
+def test_report_uses_the_runs_present_and_says_what_is_missing(tmp_path):
+    from byzlearn.experiments.repro_byzfl_benchmark import report
+    from byzlearn.experiments.tune import run_tune
+
+    raw = config(None, quick=True)
+    raw["data"] = {"name": "digits", "validation_size": 200, "shards": "honest", "partition": "gamma_similarity"}
+    raw["model"] = {"name": "mlp20"}
+    raw["train"].update(rounds=20, eval_every=10, checkpoint_every=20)
+    raw["matrix"].update(
+        byzantine=[1], data=[{"partition": "gamma_similarity", "gamma": 1.0}], aggregators=raw["matrix"]["aggregators"][:1]
+    )
+    raw["matrix"]["attacks"] = [{"name": "sign_flip", "reference": "mean"}, {"name": "ipm_optimal"}]
+    first = {**raw, "matrix": {**raw["matrix"], "attacks": raw["matrix"]["attacks"][:1]}}
+    run_tune(first, tmp_path, jobs=1, progress=False)  # only the sign-flip run
+    rows = report(tmp_path, raw, "byzlearn reproduce byzfl-benchmark --quick", 1.0)
+    text = (tmp_path / "results.md").read_text()
+    assert "Partial: 1 of the grid's 2 runs" in text and "ipm_optimal 0 of 1" in text and "not run" in text
+    assert tomllib.loads((tmp_path / "tune.toml").read_text())["matrix"]["attacks"] == raw["matrix"]["attacks"]  # the grid, not the stage
+    cells = [r for r in rows if "seed" in r["setting"]]
+    assert len(cells) == 1 and cells[0]["setting"]["attack"] == "sign_flip(reference=mean)"
+    tuned = [r for r in rows if "seed" not in r["setting"]]
+    assert len(tuned) == 1 and tuned[0]["setting"]["attacks"] == ["sign_flip(reference=mean)"]
