@@ -75,6 +75,7 @@ def test_report_uses_the_runs_present_and_says_what_is_missing(tmp_path):
     rows = report(tmp_path, raw, "byzlearn reproduce byzfl-benchmark --quick", 1.0)
     text = (tmp_path / "results.md").read_text()
     assert "Partial: 1 of the grid's 2 runs" in text and "ipm_optimal 0 of 1" in text and "not run" in text
+    assert "No ByzFL runs in this folder" in text
     assert tomllib.loads((tmp_path / "tune.toml").read_text())["matrix"]["attacks"] == raw["matrix"]["attacks"]  # the grid, not the stage
     cells = [r for r in rows if "seed" in r["setting"]]
     assert len(cells) == 1 and cells[0]["setting"]["attack"] == "sign_flip(reference=mean)"

@@ -254,7 +254,7 @@ def report(out: Path, raw: dict[str, Any], command: str, wall: float) -> list[di
         "# ByzFL's default benchmark, byzlearn and ByzFL side by side\n\n"
         f"Command: `{command}`; machine {machine()}.\n\n{status}\n\n"
         "## Side by side (final and best test accuracy %, mean [min, max] over seeds, number of seeds)\n\n"
-        + "\n".join(lines)
+        + ("\n".join(lines) if comparison else "No ByzFL runs in this folder (`benchmarks/byzfl_side.py` writes `byzfl_runs.json`).")
         + "\n\n"
         + notes
         + "\n## byzlearn, every run present: final test accuracy % per attack (mean [min, max], seeds)\n\n"
