@@ -322,14 +322,19 @@ def mnist_dir(**override: bytes | None) -> Setup:
         "t10k-labels-idx1-ubyte": idx_bytes((16,), 2),
     }
     files.update(override)
+    return data_folder("mn", files)
+
+
+def data_folder(sub: str, files: dict[str, bytes | None]) -> Setup:
+    """A set-up writing ``files`` into ``root/sub``: ``None`` makes a folder of that name, ``b"<missing>"`` leaves it out."""
 
     def setup(root: Path) -> None:
-        (root / "mn").mkdir()
+        (root / sub).mkdir()
         for name, data in files.items():
             if data is None:
-                (root / "mn" / name).mkdir()
+                (root / sub / name).mkdir()
             elif data != b"<missing>":
-                (root / "mn" / name).write_bytes(data)
+                (root / sub / name).write_bytes(data)
 
     return setup
 
@@ -339,16 +344,7 @@ def cifar_dir(**override: bytes | None) -> Setup:
     files = {f"data_batch_{i}.bin": rec * 4 for i in range(1, 6)}
     files["test_batch.bin"] = rec * 4
     files.update(override)
-
-    def setup(root: Path) -> None:
-        (root / "cf").mkdir()
-        for name, data in files.items():
-            if data is None:
-                (root / "cf" / name).mkdir()
-            elif data != b"<missing>":
-                (root / "cf" / name).write_bytes(data)
-
-    return setup
+    return data_folder("cf", files)
 
 
 def all_cases() -> list[Case]:

@@ -11,6 +11,24 @@ from byzlearn.data import load_dataset
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+# a few meta-training trajectories on digits (seconds): the networks only need to be non-trivial
+TINY_META = [
+    "task.data=digits",
+    "task.workers=4",
+    "task.steps=30",
+    "task.unroll=10",
+    "task.batch_size=16",
+    "task.meta_batch=64",
+    "task.public_size=200",
+    "task.server_lr=0.3",
+    "meta.trajectories=12",
+    "meta.validate_every=4",
+    "meta.patience=0",
+    "meta.lr=0.01",
+    "meta.threads=1",
+]
+
+
 @pytest.fixture(scope="session")
 def digits():
     return load_dataset("digits")

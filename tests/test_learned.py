@@ -21,6 +21,7 @@ from byzlearn.learned import (
 )
 from byzlearn.learned.meta_train import load_config, meta_train
 from byzlearn.registry import ConfigError
+from conftest import TINY_META as TINY
 from conftest import run_full_and_resumed
 
 E10 = math.exp(-10)
@@ -150,21 +151,6 @@ def test_missing_folder_is_a_clear_error(tmp_path):
 
 
 # -- meta-training on the embedded digits data ------------------------------------------------------------
-TINY = [
-    "task.data=digits",
-    "task.workers=4",
-    "task.steps=30",
-    "task.unroll=10",
-    "task.batch_size=16",
-    "task.meta_batch=64",
-    "task.public_size=200",
-    "task.server_lr=0.3",
-    "meta.trajectories=12",
-    "meta.validate_every=4",
-    "meta.patience=0",
-    "meta.lr=0.01",
-    "meta.threads=1",
-]
 
 
 @pytest.fixture(scope="module")

@@ -14,26 +14,9 @@ from byzlearn.attacks.whitebox import LearnedWhiteBoxAttack, WhiteBoxModel
 from byzlearn.engine.simulator import Simulator
 from byzlearn.learned.meta_train import load_config, meta_train
 from byzlearn.registry import ConfigError
-from conftest import run_full_and_resumed
+from conftest import TINY_META, run_full_and_resumed
 
-# a few meta-training trajectories on digits (seconds): the networks only need to be non-trivial
-TINY = [
-    "task.data=digits",
-    "task.workers=4",
-    "task.steps=30",
-    "task.unroll=10",
-    "task.batch_size=16",
-    "task.meta_batch=64",
-    "task.public_size=200",
-    "task.server_lr=0.3",
-    "meta.trajectories=4",
-    "meta.validate_every=4",
-    "meta.patience=0",
-    "meta.lr=0.01",
-    "meta.threads=1",
-    "byzantine.counts=[0, 1]",
-    'byzantine.attacks=["sign_flip"]',
-]
+TINY = TINY_META + ["meta.trajectories=4", "byzantine.counts=[0, 1]", 'byzantine.attacks=["sign_flip"]']
 VARIANTS = {
     "rnn_lstm": [],
     "arnn_lstm": ["aggregator.loss_info=true"],

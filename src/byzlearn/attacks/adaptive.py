@@ -20,7 +20,7 @@ to one seed drawn from ``ctx.generator`` before every probe); the server's ``lr`
 # annotation objects of the constructors.
 
 import math
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -31,6 +31,8 @@ from .base import ATTACKS, Attack, AttackContext
 from .gradient import honest_mean, rows_of
 from .omniscient import coordinate_std
 
+Search = Literal["two_sided", "byzfl"]  # the contraction of ``line_maximize``
+
 
 def line_maximize(
     objective: Callable[[float], float],
@@ -38,7 +40,7 @@ def line_maximize(
     start: float = 0.0,
     delta: float = 10.0,
     ratio: float = 0.8,
-    search: str = "two_sided",
+    search: Search = "two_sided",
 ) -> tuple[float, float]:
     """Best-effort ``argmax_{tau >= 0} objective(tau)`` with exactly ``evals`` evaluations.
 
@@ -60,6 +62,8 @@ def line_maximize(
     """
     if evals < 1:
         raise ValueError(f"line_maximize needs at least one evaluation, got evals={evals}")
+    if search not in get_args(Search):
+        raise ValueError(f"line_maximize: search must be one of {get_args(Search)}, got {search!r}")
     raw = objective
 
     def objective(x: float) -> float:  # NaN (a rule that returned NaN) ranks below everything
@@ -103,15 +107,8 @@ class _OptimalAttack(Attack):
     omniscient = True
     family = ""
 
-    def __init__(
-        self,
-        evals: int = 20,
-        start: float = 0.0,
-        delta: float = 10.0,
-        ratio: float = 0.8,
-        search: Literal["two_sided", "byzfl"] = "two_sided",
-    ):
-        if search not in ("two_sided", "byzfl"):
+    def __init__(self, evals: int = 20, start: float = 0.0, delta: float = 10.0, ratio: float = 0.8, search: Search = "two_sided"):
+        if search not in get_args(Search):
             raise ConfigError(f"attack.search must be 'two_sided' or 'byzfl' (ByzFL 0.0.11's one-sided contraction), got {search!r}")
         self.search = search
         if not isinstance(evals, int) or isinstance(evals, bool) or evals < 1:
@@ -200,7 +197,7 @@ class OptimalALIEAttack(_OptimalAttack):
         delta: float = 10.0,
         ratio: float = 0.8,
         direction: Literal["minus", "plus"] = "minus",
-        search: Literal["two_sided", "byzfl"] = "two_sided",
+        search: Search = "two_sided",
     ):
         super().__init__(evals, start, delta, ratio, search)
         if direction not in ("minus", "plus"):

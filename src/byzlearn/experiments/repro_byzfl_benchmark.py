@@ -86,16 +86,19 @@ def _spread(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
-def _byzfl_runs(out: Path, quick: bool) -> list[dict[str, Any]]:
-    """ByzFL's runs: run the missing ones when its environment is here, then read ``byzfl_runs.json``."""
-    path = out / "byzfl_runs.json"
+def _run_byzfl_side(out: Path, quick: bool) -> None:
+    """ByzFL's missing sign-flip runs into ``byzfl_runs.json``, when its environment is here."""
     python = os.environ.get("BYZLEARN_BYZFL_PYTHON", "/work/byzfl-venv/bin/python")
     script = Path(__file__).resolve().parents[3] / "benchmarks" / "byzfl_side.py"
     if not quick and Path(python).exists() and script.exists() and os.environ.get("BYZLEARN_BYZFL_RUN", "1") != "0":
-        subprocess.run([python, str(script), "--cells", "*-signflip-*", "--seeds", "0,1,2", "--out", str(path)], check=False)
-    if not path.exists():
-        return []
-    return json.loads(path.read_text())["runs"]
+        cmd = [python, str(script), "--cells", "*-signflip-*", "--seeds", "0,1,2", "--out", str(out / "byzfl_runs.json")]
+        subprocess.run(cmd, check=False)
+
+
+def _byzfl_recorded(out: Path) -> list[dict[str, Any]]:
+    """The ByzFL runs recorded in ``out/byzfl_runs.json`` (none when it is absent)."""
+    path = out / "byzfl_runs.json"
+    return json.loads(path.read_text())["runs"] if path.exists() else []
 
 
 def side_by_side(rows_cells: list[dict[str, Any]], byzfl: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -198,34 +201,33 @@ def _per_attack_table(cells: list[dict[str, Any]], attacks: list[str]) -> str:
     return "\n".join(lines)
 
 
-def report(out: Path, raw: dict[str, Any], command: str, wall: float) -> list[dict[str, Any]]:
+def report(out: Path, raw: dict[str, Any], command: str, wall: float | None = None) -> list[dict[str, Any]]:
     """Write results.md / results.json / comparison.json / heatmaps from the runs present in ``out``.
 
     Every run of the grid that has finished is used; a run not finished yet is listed as missing, and
     the worst case of a cell is then over the attacks it has (the tables say which and how many seeds).
+    ``wall``: the seconds the invocation took, said in the header when given.
     """
     import tomli_w
 
-    from .tune import expand, select, write_results
+    from .tune import expand, select, write_tables
 
     combos, tcells = expand(raw, out)
-    done = [tc for tc in tcells if (tc.folder / "summary.json").exists()]
+    finished = [(tc.folder / "summary.json").exists() for tc in tcells]
+    done = [tc for tc, ok in zip(tcells, finished) if ok]
     (out / "tune.toml").write_text(tomli_w.dumps(raw))
     tune_rows = select(combos, done) if done else []
-    if tune_rows:
-        write_results(tune_rows, combos, out, len(done), wall, command)
+    table, figures = write_tables(tune_rows, out) if tune_rows else ("", [])
     cells = _cell_rows(out, [tc.folder for tc in done])
-    comparison = side_by_side(
-        cells, json.loads((out / "byzfl_runs.json").read_text())["runs"] if (out / "byzfl_runs.json").exists() else []
-    )
+    comparison = side_by_side(cells, _byzfl_recorded(out))
     write_json(tune_rows + cells, out)
     (out / "comparison.json").write_text(json.dumps(comparison, indent=1) + "\n")
     total: dict[str, int] = {}
     present: dict[str, int] = {}
-    for tc in tcells:
+    for tc, ok in zip(tcells, finished):
         a = tc.cell.attack
         total[a] = total.get(a, 0) + 1
-        present[a] = present.get(a, 0) + ((tc.folder / "summary.json").exists())
+        present[a] = present.get(a, 0) + ok
     coverage = ", ".join(f"{a} {present[a]} of {total[a]}" for a in total)
     complete = len(done) == len(tcells)
     status = (
@@ -247,12 +249,13 @@ def report(out: Path, raw: dict[str, Any], command: str, wall: float) -> list[di
             f"{_fmt(z['final'])} ({z['seeds']}) | {_fmt(b['best'])} | {_fmt(z['best'])} | {_judged(c['overlap'])} | "
             f"{b['wall_s']:.0f} | {z['wall_s']:.0f} | {c['speedup']:.1f}x |"
         )
-    table = (out / "table.md").read_text() if (out / "table.md").exists() else ""
     notes = (out / "notes.md").read_text() if (out / "notes.md").exists() else ""
-    pics = "\n".join(f"![{p.name}]({p.name})" for p in sorted(out.glob("heatmap_*.png")))
+    pics = "\n".join(f"![{name}]({name})" for name in sorted(figures))
     (out / "results.md").write_text(
         "# ByzFL's default benchmark, byzlearn and ByzFL side by side\n\n"
-        f"Command: `{command}`; machine {machine()}.\n\n{status}\n\n"
+        f"Command: `{command}`; machine {machine()}"
+        + ("" if wall is None else f"; wall time of this invocation {wall:.0f} s")
+        + f".\n\n{status}\n\n"
         "## Side by side (final and best test accuracy %, mean [min, max] over seeds, number of seeds)\n\n"
         + ("\n".join(lines) if comparison else "No ByzFL runs in this folder (`benchmarks/byzfl_side.py` writes `byzfl_runs.json`).")
         + "\n\n"
@@ -261,7 +264,7 @@ def report(out: Path, raw: dict[str, Any], command: str, wall: float) -> list[di
         + _per_attack_table(cells, list(total))
         + "\n\n## byzlearn: worst case over the attacks present (ByzFL's test heatmap)\n\n"
         + table
-        + "\n"
+        + "\n\n"
         + pics
         + "\n"
     )
@@ -272,11 +275,11 @@ def report(out: Path, raw: dict[str, Any], command: str, wall: float) -> list[di
 @REPRODUCTIONS.register("byzfl-benchmark")
 def reproduce(out: Path, quick: bool = False, data_dir: str | None = None) -> None:
     """ByzFL's default benchmark (fc_mnist, momentum 0.9, gamma-similarity, Clipping+NNM+TrMean/GM), with ByzFL beside it."""
-    from .tune import run_tune
+    from .tune import run_grid
 
     t0 = time.perf_counter()
     raw = config(data_dir, quick)
-    run_tune(raw, out, jobs=2, progress=None)
-    _byzfl_runs(out, quick)  # ByzFL's missing runs, where its environment is here
+    run_grid(raw, out, jobs=2, progress=None)
+    _run_byzfl_side(out, quick)
     command = f"byzlearn reproduce byzfl-benchmark{' --quick' if quick else ''}{' --data-dir ' + data_dir if data_dir else ''}"
     report(out, raw, command, time.perf_counter() - t0)

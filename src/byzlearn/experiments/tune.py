@@ -190,14 +190,20 @@ def run_tune(
 ) -> list[dict[str, Any]]:
     """Run every (combination x cell) not finished yet, choose per (rule, f, heterogeneity), write results."""
     out = Path(out)
-    combos, cells = expand(raw, out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "tune.toml").write_text(__import__("tomli_w").dumps(raw))
     t0 = time.perf_counter()
-    M.run_cells([(tc.cell.raw, tc.folder) for tc in cells], jobs, progress, "tune")
+    combos, cells = run_grid(raw, out, jobs, progress)
     rows = select(combos, cells)
     write_results(rows, combos, out, len(cells), time.perf_counter() - t0, command)
     return rows
+
+
+def run_grid(raw: dict[str, Any], out: Path, jobs: int = 1, progress: bool | None = None) -> tuple[list[dict[str, float]], list[TuneCell]]:
+    """Write ``tune.toml`` and run every (combination x cell) not finished yet; the grid and its cells."""
+    combos, cells = expand(raw, out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tune.toml").write_text(__import__("tomli_w").dumps(raw))
+    M.run_cells([(tc.cell.raw, tc.folder) for tc in cells], jobs, progress, "tune")
+    return combos, cells
 
 
 def _het_cols(rows: list[dict[str, Any]]) -> tuple[list[int], list[str]]:
@@ -209,8 +215,29 @@ def _het_cols(rows: list[dict[str, Any]]) -> tuple[list[int], list[str]]:
 def write_results(
     rows: list[dict[str, Any]], combos: list[dict[str, float]], out: Path, n_runs: int, wall: float, command: str | None = None
 ) -> None:
-    """``results.json``, ``results.md`` and the heatmaps ``heatmap_<rule>.png``, ``heatmap_best.png``."""
+    """``results.json``, ``results.md``, ``table.md`` and the heatmaps (``write_tables``)."""
     (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
+    table, figures = write_tables(rows, out)
+    cell_time = sum(json.loads(p.read_text())["wall_time"] for p in out.glob("cells/*/*/summary.json"))
+    meta = (
+        f"{len(combos)} combinations x {n_runs // len(combos)} cells = {n_runs} runs; wall time of this invocation "
+        f"{wall:.1f} s (finished runs are skipped), {cell_time:.0f} s of training summed over all runs; machine "
+        f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}."
+    )
+    cmd = f"Command: `{command}`\n\n" if command else ""
+    pics = "\n".join(f"![{f}]({f})" for f in figures)
+    (out / "results.md").write_text(
+        "# Hyper-parameter selection (worst case over attacks, on validation data)\n\n"
+        "Per rule, Byzantine count f and heterogeneity, the combination (lr, momentum, weight decay) maximising the "
+        "worst case over attacks of the best seed-averaged validation accuracy (ByzFL's `find_best_hyperparameters`); "
+        "test accuracies (%) of that choice only. The config is `tune.toml`, one run folder per combination and cell "
+        f"under `cells/`.\n\n{cmd}{table}\n\n{meta}\n\n{pics}\n"
+    )
+
+
+def write_tables(rows: list[dict[str, Any]], out: Path) -> tuple[str, list[str]]:
+    """``table.md`` (one row per choice) and the heatmaps ``heatmap_<rule>.png``, ``heatmap_best.png``; returns
+    the table and the figures' file names."""
     fs, hets = _het_cols(rows)
     methods = list(dict.fromkeys(r["method"] for r in rows))
     lines = [
@@ -264,18 +291,4 @@ def write_results(
         row_height=1.0,
     )
     figures.append("heatmap_best.png")
-    cell_time = sum(json.loads(p.read_text())["wall_time"] for p in out.glob("cells/*/*/summary.json"))
-    meta = (
-        f"{len(combos)} combinations x {n_runs // len(combos)} cells = {n_runs} runs; wall time of this invocation "
-        f"{wall:.1f} s (finished runs are skipped), {cell_time:.0f} s of training summed over all runs; machine "
-        f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}."
-    )
-    cmd = f"Command: `{command}`\n\n" if command else ""
-    pics = "\n".join(f"![{f}]({f})" for f in figures)
-    (out / "results.md").write_text(
-        "# Hyper-parameter selection (worst case over attacks, on validation data)\n\n"
-        "Per rule, Byzantine count f and heterogeneity, the combination (lr, momentum, weight decay) maximising the "
-        "worst case over attacks of the best seed-averaged validation accuracy (ByzFL's `find_best_hyperparameters`); "
-        "test accuracies (%) of that choice only. The config is `tune.toml`, one run folder per combination and cell "
-        f"under `cells/`.\n\n{cmd}{table}\n\n{meta}\n\n{pics}\n"
-    )
+    return table, figures
