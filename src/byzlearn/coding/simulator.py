@@ -44,6 +44,7 @@ from ..data import Dataset
 from ..engine.round import RoundDraw, forge
 from ..engine.simulator import Simulator
 from ..engine.work import Momentum
+from ..models.user import ModelSpec
 from ..registry import ConfigError
 from . import repetition
 from .aggregators import DracoAggregator
@@ -58,8 +59,8 @@ TIMERS = ("compute", "encode", "attack", "decode")
 class DracoSimulator(Simulator):
     """``Simulator`` whose workers compute redundant gradients and send DRACO-encoded messages."""
 
-    def __init__(self, cfg: Config, dataset: Dataset | None = None):
-        super().__init__(cfg, dataset)
+    def __init__(self, cfg: Config, dataset: Dataset | None = None, model: ModelSpec | None = None):
+        super().__init__(cfg, dataset, model)
         agg = self.aggregator
         if not isinstance(agg, DracoAggregator):
             raise ConfigError(f"DracoSimulator needs aggregator.name = draco_repetition or draco_cyclic, got {agg.name!r}")

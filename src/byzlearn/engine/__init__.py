@@ -3,16 +3,19 @@
 from .. import coding as _coding  # noqa: F401  (registers the DRACO aggregator names before configs are checked)
 from ..config import Config
 from ..data import Dataset
+from ..models.user import ModelSpec
 from .simulator import Simulator
 
 
-def make_simulator(cfg: Config, dataset: Dataset | None = None) -> Simulator:
-    """The engine a config needs: ``DracoSimulator`` for ``draco_*`` aggregators, else ``Simulator``."""
+def make_simulator(cfg: Config, dataset: Dataset | None = None, model: ModelSpec | None = None) -> Simulator:
+    """The engine a config needs: ``DracoSimulator`` for ``draco_*`` aggregators, else ``Simulator``.
+
+    ``dataset`` / ``model``: objects that replace the registered ``data.name`` / ``model.name`` (``Simulator``)."""
     if str(cfg.aggregator.get("name", "")).startswith("draco_"):
         from ..coding.simulator import DracoSimulator
 
-        return DracoSimulator(cfg, dataset)
-    return Simulator(cfg, dataset)
+        return DracoSimulator(cfg, dataset, model)
+    return Simulator(cfg, dataset, model)
 
 
 __all__ = ["Simulator", "make_simulator"]

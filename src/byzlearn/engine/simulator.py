@@ -31,6 +31,7 @@ from ..attacks import ATTACKS, AttackContext
 from ..config import Config
 from ..data import Dataset, load_dataset, pad_shards, partition, split_public
 from ..models import MODELS, FlatModel
+from ..models.user import ModelSpec, check_model, user_module
 from ..optim import OPTIMIZERS
 from ..registry import ConfigError
 from .round import RoundDraw, apply_update, forge, place, replace_weights
@@ -59,10 +60,14 @@ def evaluate_model(model: FlatModel, theta: Tensor, x_test: Tensor, y_test: Tens
 
 
 class Simulator:
-    """A run's whole state and its ``step`` (one round) on one device."""
+    """A run's whole state and its ``step`` (one round) on one device.
 
-    def __init__(self, cfg: Config, dataset: Dataset | None = None):
-        validate(cfg)
+    ``dataset`` / ``model`` (an ``nn.Module`` or a factory ``(input_shape, num_classes) -> nn.Module``,
+    ``models.user``) replace the registered ``data.name`` / ``model.name``, whose names then only label the run.
+    """
+
+    def __init__(self, cfg: Config, dataset: Dataset | None = None, model: ModelSpec | None = None):
+        validate(cfg, own_data=dataset is not None, own_model=model is not None)
         self.cfg = cfg
         self.device = resolve_device(cfg.train.device)
         if cfg.train.threads > 0:
@@ -87,9 +92,14 @@ class Simulator:
         # -- model as a function of one flat vector ---------------------------------------------------
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.train.seed)
-            module = MODELS.build(cfg.model.name, {}, "model", input_shape=ds.input_shape, num_classes=ds.num_classes)
+            if model is None:
+                module = MODELS.build(cfg.model.name, {}, "model", input_shape=ds.input_shape, num_classes=ds.num_classes)
+            else:
+                module = user_module(model, ds.input_shape, ds.num_classes)
         self.model = FlatModel(module).to(self.device)
         self.theta = self.model.init().to(self.device)
+        if model is not None:
+            check_model(self.model, self.theta, self.x_train, self.y_train, ds.num_classes)
         self.d = self.model.d
         self._grads = vmap(grad_and_value(self._loss), in_dims=(None, 0, 0))
         if cfg.train.compile:  # optional: compiles the batched gradient once (seconds), then ~2x faster rounds

@@ -59,8 +59,9 @@ def _check_pre(pre: Any) -> None:
             )
 
 
-def validate(cfg: Config) -> None:
-    """Raise ``ConfigError`` naming the key for any impossible setting."""
+def validate(cfg: Config, own_data: bool = False, own_model: bool = False) -> None:
+    """Raise ``ConfigError`` naming the key for any impossible setting. ``own_data`` / ``own_model``: the run gets a
+    data set / model object, so ``data.name`` / ``model.name`` only label it and need not be registered."""
     w, t, d = cfg.workers, cfg.train, cfg.data
     _positive(w.n, "workers.n", maximum=MAX_COUNT)
     _positive(w.batch_size, "workers.batch_size", maximum=MAX_COUNT)
@@ -87,9 +88,9 @@ def validate(cfg: Config) -> None:
     _positive(d.labels_per_worker, "data.labels_per_worker")
     if not (math.isfinite(d.alpha) and d.alpha > 0):
         raise ConfigError(f"data.alpha = {d.alpha} must be a finite number > 0 (Dirichlet concentration)")
-    if d.name not in DATASETS:
+    if not own_data and d.name not in DATASETS:
         raise ConfigError(f"unknown data.name {d.name!r}; known: {', '.join(DATASETS.names())}")
-    if cfg.model.name not in MODELS:
+    if not own_model and cfg.model.name not in MODELS:
         raise ConfigError(f"unknown model.name {cfg.model.name!r}; known: {', '.join(MODELS.names())}")
     resolve_device(t.device)
     dc = cfg.distributed

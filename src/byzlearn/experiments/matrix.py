@@ -28,12 +28,16 @@ import tomllib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .. import config as config_mod
 from ..registry import ConfigError
+
+if TYPE_CHECKING:
+    from ..data import Dataset
+    from ..models.user import ModelSpec
 
 MATRIX_KEYS = {"aggregators", "attacks", "byzantine", "data", "seeds", "momentum", "honest"}
 
@@ -81,8 +85,9 @@ def _het_label(d: dict[str, Any]) -> str:
     return p
 
 
-def expand(raw: dict[str, Any]) -> list[Cell]:
-    """The cells of a matrix config (checked: every cell's config must be valid)."""
+def expand(raw: dict[str, Any], own_data: bool = False, own_model: bool = False) -> list[Cell]:
+    """The cells of a matrix config (checked: every cell's config must be valid; ``own_data`` / ``own_model``: the
+    cells get a data set / model object, ``engine.validate``)."""
     from ..engine.validate import validate
 
     raw = {k: dict(v) for k, v in raw.items()}
@@ -119,7 +124,7 @@ def expand(raw: dict[str, Any]) -> list[Cell]:
                         if mom is not None:
                             cell_raw.setdefault("workers", {})["momentum"] = float(mom)
                         cfg = config_mod.from_dict(cell_raw)
-                        validate(cfg)
+                        validate(cfg, own_data=own_data, own_model=own_model)
                         setting = {
                             "attack": _label(attack),
                             "byzantine": f,
@@ -143,7 +148,9 @@ def expand(raw: dict[str, Any]) -> list[Cell]:
 _DATA_CACHE: dict[tuple, Any] = {}
 
 
-def _run_cell(cell_raw: dict[str, Any], out: str, threads: int) -> dict[str, Any]:
+def _run_cell(
+    cell_raw: dict[str, Any], out: str, threads: int, dataset: Dataset | None = None, model: ModelSpec | None = None
+) -> dict[str, Any]:
     from ..data import load_dataset
     from ..engine import make_simulator
     from .runner import CHECKPOINT, Run
@@ -151,14 +158,16 @@ def _run_cell(cell_raw: dict[str, Any], out: str, threads: int) -> dict[str, Any
     if threads:
         torch.set_num_threads(threads)
     cfg = config_mod.from_dict(cell_raw)
-    key = (cfg.data.name, cfg.data.data_dir)
-    if key not in _DATA_CACHE:
-        _DATA_CACHE[key] = load_dataset(cfg.data.name, cfg.data.data_dir, cfg.data.download)
+    if dataset is None:
+        key = (cfg.data.name, cfg.data.data_dir)
+        if key not in _DATA_CACHE:
+            _DATA_CACHE[key] = load_dataset(cfg.data.name, cfg.data.data_dir, cfg.data.download)
+    own = dataset is not None or model is not None
     if (Path(out) / CHECKPOINT).exists():
-        run = Run.resume(out)
+        run = Run.resume(out, engine=(lambda c: make_simulator(c, dataset, model)) if own else None)
     else:
         Path(out).mkdir(parents=True, exist_ok=True)
-        run = Run(cfg, out, make_simulator(cfg, dataset=_DATA_CACHE[key]))
+        run = Run(cfg, out, make_simulator(cfg, dataset=_DATA_CACHE[key] if dataset is None else dataset, model=model))
         (Path(out) / "config.toml").write_text(cfg.to_toml())
         (Path(out) / "metrics.jsonl").write_text("")
     summary = run.execute(progress=False)
@@ -166,39 +175,56 @@ def _run_cell(cell_raw: dict[str, Any], out: str, threads: int) -> dict[str, Any
     return summary
 
 
-def run_cells(cells: list[tuple[dict[str, Any], Path]], jobs: int = 1, progress: bool | None = None, desc: str = "matrix") -> None:
+def run_cells(
+    cells: list[tuple[dict[str, Any], Path]],
+    jobs: int = 1,
+    progress: bool | None = None,
+    desc: str = "matrix",
+    dataset: Dataset | None = None,
+    model: ModelSpec | None = None,
+) -> None:
     """Run every (raw config, run folder) pair whose folder has no ``summary.json`` yet (``jobs``
-    single-threaded processes at once); a killed cell resumes from its checkpoint."""
+    single-threaded processes at once); a killed cell resumes from its checkpoint. With a user's
+    ``dataset`` / ``model`` object (``make_simulator``) the cells run one by one in this process."""
     from tqdm import tqdm
 
     todo = [(r, d) for r, d in cells if not (Path(d) / "summary.json").exists()]
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), disable=None if progress is None else not progress, unit="cell", desc=desc)
-    threads = 1 if jobs > 1 else 0
+    own = dataset is not None or model is not None
+    threads = 1 if jobs > 1 and not own else 0
     try:
-        if jobs > 1 and len(todo) > 1:
+        if jobs > 1 and len(todo) > 1 and not own:
             with ProcessPoolExecutor(max_workers=jobs) as pool:
                 futures = [pool.submit(_run_cell, r, str(d), threads) for r, d in todo]
                 for fut in futures:
                     fut.result()
                     bar.update(1)
         else:
+            extra = (dataset, model) if own else ()  # registered cells keep the three-argument call
             for r, d in todo:
-                _run_cell(r, str(d), threads)
+                _run_cell(r, str(d), threads, *extra)
                 bar.update(1)
     finally:
         bar.close()
 
 
 def run_matrix(
-    raw: dict[str, Any], out: str | Path, jobs: int = 1, progress: bool | None = None, command: str | None = None
+    raw: dict[str, Any],
+    out: str | Path,
+    jobs: int = 1,
+    progress: bool | None = None,
+    command: str | None = None,
+    dataset: Dataset | None = None,
+    model: ModelSpec | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every cell not finished yet (``jobs`` processes at once) and write the result files."""
+    """Run every cell not finished yet (``jobs`` processes at once; in this process with a user's ``dataset`` /
+    ``model`` object, ``run_cells``) and write the result files."""
     out = Path(out)
-    cells = expand(raw)
+    cells = expand(raw, own_data=dataset is not None, own_model=model is not None)
     out.mkdir(parents=True, exist_ok=True)
     (out / "matrix.toml").write_text(__import__("tomli_w").dumps(raw))
     t0 = time.perf_counter()
-    run_cells([(c.raw, out / "cells" / c.slug) for c in cells], jobs, progress, "matrix")
+    run_cells([(c.raw, out / "cells" / c.slug) for c in cells], jobs, progress, "matrix", dataset, model)
     rows = []
     for c in cells:
         s = json.loads((out / "cells" / c.slug / "summary.json").read_text())

@@ -30,7 +30,9 @@ from tqdm import tqdm
 from .. import config as config_mod
 from ..checkpoints import load_safely
 from ..config import Config
+from ..data import Dataset
 from ..engine import Simulator, make_simulator
+from ..models.user import ModelSpec
 from ..registry import ConfigError
 from .plots import plot_run
 
@@ -314,9 +316,10 @@ def check_resumable(out: str | Path, device: str | None = None) -> Config:
     return Run._restored(out, device, cpu, need_checkpoint=True).cfg
 
 
-def preflight(runs: Iterable[tuple[Config, Path | None]]) -> None:
+def preflight(runs: Iterable[tuple[Config, Path | None]], dataset: Dataset | None = None, model: ModelSpec | None = None) -> None:
     """Build the simulator of every run whose folder (``None``: not known yet) holds no summary yet, on the CPU with
-    each data set loaded once, so that a config or data error stops a matrix or a launch before anything is written."""
+    each data set loaded once, so that a config or data error stops a matrix or a launch before anything is written.
+    ``dataset`` / ``model``: the user's objects every run gets (``make_simulator``)."""
     from ..data import load_dataset
     from ..engine.validate import validate
 
@@ -324,13 +327,14 @@ def preflight(runs: Iterable[tuple[Config, Path | None]]) -> None:
     for cfg, folder in runs:
         if folder is not None and (folder / SUMMARY).exists():
             continue
-        validate(cfg)  # with its own device (the simulator below is built on the CPU)
+        validate(cfg, own_data=dataset is not None, own_model=model is not None)  # with its own device (built on the CPU below)
         if folder is not None:
             check_folder(folder)
         key = (cfg.data.name, cfg.data.data_dir, cfg.data.download)
-        if key not in data:
+        if dataset is None and key not in data:
             data[key] = load_dataset(*key)
-        check_attack(cfg, make_simulator(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device="cpu")), dataset=data[key]))
+        cpu = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device="cpu"))
+        check_attack(cfg, make_simulator(cpu, dataset=data[key] if dataset is None else dataset, model=model))
 
 
 def run(cfg: Config, out: str | Path, progress: bool | None = None) -> dict[str, Any]:
