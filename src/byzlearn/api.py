@@ -19,7 +19,7 @@ from torch import Tensor
 
 from . import config as config_mod
 from .aggregators import build_aggregator
-from .attacks import ATTACKS, Attack, AttackContext
+from .attacks import Attack, AttackContext, build_attack
 from .config import Config, DataConfig, ModelConfig
 from .data.base import Dataset
 from .data.user import as_dataset
@@ -201,15 +201,6 @@ def _grid(raw: dict, cells: list, out: Path, dataset: Dataset | None, model: Mod
 
 
 # -- pieces for your own training loop ------------------------------------------------------------------
-
-
-def build_attack(spec: str | dict[str, Any]) -> Attack:
-    """The attack a config's ``[attack]`` section describes: a name (``"alie"``) or ``{"name": "gaussian", "std": 1.0}``."""
-    spec = {"name": spec} if isinstance(spec, str) else dict(spec)
-    name = spec.pop("name", None)
-    if not isinstance(name, str):
-        raise ConfigError(f"an attack is a name or a dict with a name, e.g. 'alie' or {{'name': 'ipm', 'epsilon': 0.5}}; got {spec!r}")
-    return ATTACKS.build(name, spec, "attack")
 
 
 def forge(

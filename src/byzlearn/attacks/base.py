@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..registry import Component, Registry
+from ..registry import Component, ConfigError, Registry
 
 
 @dataclass
@@ -62,6 +62,15 @@ class Attack(Component):
 
 
 ATTACKS: Registry[Attack] = Registry("attack")
+
+
+def build_attack(spec: str | dict[str, Any]) -> Attack:
+    """The attack a config's ``[attack]`` section describes: a name (``"alie"``) or ``{"name": "gaussian", "std": 1.0}``."""
+    keys = {"name": spec} if isinstance(spec, str) else dict(spec) if isinstance(spec, dict) else {}
+    name = keys.pop("name", None)
+    if not isinstance(name, str):
+        raise ConfigError(f"an attack is a name or a dict with a name, e.g. 'alie' or {{'name': 'ipm', 'epsilon': 0.5}}; got {spec!r}")
+    return ATTACKS.build(name, keys, "attack")
 
 
 @ATTACKS.register("none")

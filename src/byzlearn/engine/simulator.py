@@ -27,7 +27,7 @@ from torch import Tensor
 from torch.func import grad_and_value, vmap
 
 from ..aggregators import AggregationContext, build_aggregator
-from ..attacks import ATTACKS, AttackContext
+from ..attacks import AttackContext, build_attack
 from ..config import Config
 from ..data import Dataset, load_dataset, pad_shards, partition, split_public
 from ..models import MODELS, FlatModel
@@ -111,7 +111,7 @@ class Simulator:
         self.momentum = make_momentum(cfg, self.d)
 
         # -- Byzantine behaviour, rule, server optimiser ----------------------------------------------
-        self.attack = ATTACKS.build(cfg.attack["name"], {k: v for k, v in cfg.attack.items() if k != "name"}, "attack")
+        self.attack = build_attack(cfg.attack)
         self.aggregator = build_aggregator(cfg.aggregator, f_default=self.f)
         self.aggregator.check(client_count(cfg) if self.fedavg else self.n)
         opt = {k: v for k, v in cfg.optimizer.items() if k != "name"}

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import torch
 
 from ..aggregators import build_aggregator
-from ..attacks import ATTACKS
+from ..attacks import ATTACKS, build_attack
 from ..config import Config
 from ..data import DATASETS
 from ..models import MODELS
@@ -104,7 +104,7 @@ def validate(cfg: Config, own_data: bool = False, own_model: bool = False) -> No
     _positive(dc.model_rounds, "distributed.model_rounds", 0)
     attack = {k: v for k, v in cfg.attack.items() if k != "name"}
     check_params(ATTACKS, cfg.attack["name"], attack, "attack")
-    _built(lambda: ATTACKS.build(cfg.attack["name"], attack, "attack"), f"attack {cfg.attack['name']!r}", "attack")
+    _built(lambda: build_attack(cfg.attack), f"attack {cfg.attack['name']!r}", "attack")
     check_optimizer(cfg.optimizer)
     _check_protocol(cfg)
     _check_pre(cfg.aggregator.get("pre"))

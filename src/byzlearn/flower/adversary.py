@@ -30,9 +30,9 @@ import torch
 from flwr.common.logger import log
 from torch import Tensor
 
-from ..attacks import AttackContext
+from ..attacks import AttackContext, build_attack
 from ..engine.round import AttackContractError, forge, place
-from .mods import ATTACK_KEY, build_attack
+from .mods import ATTACK_KEY
 
 
 class Adversary:

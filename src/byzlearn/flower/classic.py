@@ -10,46 +10,23 @@ their median.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal
+from typing import Any
 
 import numpy as np
 from flwr.common import FitRes, Parameters, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.strategy import FedAvg
-from torch import Tensor
 
-from ..aggregators import Aggregator
-from .adversary import Adversary
-from .core import Reply, RobustAggregation
+from .core import Reply, RobustMixin
 from .mods import MARK
-from .records import Layout, read_blobs, unflatten
+from .records import Layout, decode_blobs, read_blobs, unflatten
 
 
-class ClassicRobustStrategy(FedAvg):
-    """Classic-API FedAvg whose aggregation is a byzlearn rule; arguments as ``RobustStrategy``'s."""
-
-    def __init__(
-        self,
-        aggregator: str | dict[str, Any] | Aggregator = "mean",
-        f: int = 0,
-        *,
-        aggregate: Literal["updates", "weights"] = "updates",
-        adversary: Adversary | None = None,
-        public_loss: Callable[[Tensor], Tensor] | None = None,
-        **fedavg: Any,
-    ):
-        super().__init__(**fedavg)
-        self.robust = RobustAggregation(aggregator, f, aggregate, adversary, public_loss)
-        self._expected = 0
-
-    @property
-    def counters(self) -> dict[str, int]:
-        return self.robust.counters
+class ClassicRobustStrategy(RobustMixin, FedAvg):
+    """Classic-API FedAvg whose aggregation is a byzlearn rule; the arguments are ``core.RobustMixin``'s."""
 
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager: Any) -> list:
         layout = Layout.of_ndarrays(parameters_to_ndarrays(parameters))
-        sent = read_blobs(parameters.tensors, layout)
-        assert not isinstance(sent, str), f"the server's own parameters are unreadable: {sent}"
-        self.robust.begin(layout, sent)
+        self._begin(layout, read_blobs(parameters.tensors, layout))
         pairs = super().configure_fit(server_round, parameters, client_manager)
         self._expected = len(pairs)
         return pairs
@@ -64,7 +41,7 @@ class ClassicRobustStrategy(FedAvg):
                     raise TypeError(f"a {type(res).__name__}, not a FitRes")
                 metrics = {k: float(v) for k, v in (res.metrics or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
                 byz = metrics.pop(MARK, 0.0) == 1.0
-                replies.append(Reply(node, read_blobs(res.parameters.tensors, self.robust.layout), byz, metrics))
+                replies.append(Reply(node, decode_blobs(res.parameters.tensors, self.robust.layout), byz, metrics))
             except Exception as e:  # noqa: BLE001 - an unreadable result is malformed, not fatal
                 replies.append(Reply(node, f"unreadable result ({type(e).__name__}: {e})"))
         new, metrics = self.robust.step(server_round, replies, max(self._expected, len(results) + len(failures)))

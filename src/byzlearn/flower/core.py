@@ -27,7 +27,7 @@ from torch import Tensor
 from ..aggregators import AggregationContext, Aggregator
 from ..registry import ConfigError
 from .adversary import Adversary
-from .records import Layout, as_aggregator
+from .records import Layout, Row, as_aggregator, stack
 
 COUNTERS = ("replies", "missing", "malformed", "nonfinite", "byzantine", "skipped_rounds")
 
@@ -35,7 +35,7 @@ COUNTERS = ("replies", "missing", "malformed", "nonfinite", "byzantine", "skippe
 @dataclass
 class Reply:
     node: int
-    row: Tensor | str  # the flat row, or why the reply is malformed
+    row: Row | str  # the decoded arrays (records.decode_*), or why the reply is malformed
     byzantine: bool = False  # controlled by the simulated adversary (only read when one is set)
     metrics: dict[str, float] = field(default_factory=dict)
 
@@ -87,7 +87,7 @@ class RobustAggregation:
             good.append(rep)
         new, metrics = None, {}
         if good:
-            G = torch.stack([r.row for r in good])  # type: ignore[misc]
+            G = stack([r.row for r in good], self.layout)  # type: ignore[misc]
             if self.aggregate == "updates":
                 G -= self.sent.to(G.dtype)
             byz = torch.tensor([i for i, r in enumerate(good) if r.byzantine and self.adversary is not None], dtype=torch.long)
@@ -129,3 +129,38 @@ def _mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
         if vals:
             out[k] = sum(vals) / len(vals)
     return out
+
+
+class RobustMixin:
+    """What both strategies add to their API's FedAvg (``class S(RobustMixin, FedAvg)``): the arguments,
+    the ``RobustAggregation`` and its ``counters``, the number of nodes sampled this round.
+
+    ``aggregate``: ``"updates"`` (default; reply minus sent arrays, aggregated, added back) or
+    ``"weights"``. ``adversary``: a ``byzlearn.flower.Adversary`` for simulations with
+    ``byzantine_mod`` clients. ``public_loss``: for rules that read the server's public batch (Zeno,
+    ARNN). Every other keyword is FedAvg's (``fraction_train``, ``min_available_nodes``, ...).
+    ``counters`` holds the run's totals of replies, missing, malformed, non-finite, Byzantine and
+    skipped rounds; each round's counts are in its train metrics as ``byzlearn-<counter>``.
+    """
+
+    def __init__(
+        self,
+        aggregator: str | dict[str, Any] | Aggregator = "mean",
+        f: int = 0,
+        *,
+        aggregate: Literal["updates", "weights"] = "updates",
+        adversary: Adversary | None = None,
+        public_loss: Callable[[Tensor], Tensor] | None = None,
+        **fedavg: Any,
+    ):
+        super().__init__(**fedavg)
+        self.robust = RobustAggregation(aggregator, f, aggregate, adversary, public_loss)
+        self._expected = 0
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return self.robust.counters
+
+    def _begin(self, layout: Layout, sent: Tensor | str) -> None:
+        assert not isinstance(sent, str), f"the server's own arrays are unreadable: {sent}"
+        self.robust.begin(layout, sent)

@@ -16,18 +16,6 @@ MARK = "byzlearn-byzantine"  # in a reply's metrics: sent by an enrolled node
 ATTACK_KEY = "byzlearn-attack"  # in the train config: a data-poisoning attack's spec (JSON), for poisoned_labels
 
 
-def build_attack(attack: str | dict[str, Any]) -> Any:
-    """A byzlearn attack from its name or a dict of attack config keys (``{"name": "alie", "z": 1.5}``)."""
-    from ..attacks import ATTACKS
-    from ..registry import ConfigError
-
-    spec = {"name": attack} if isinstance(attack, str) else dict(attack) if isinstance(attack, dict) else None
-    if spec is None or "name" not in spec:
-        raise ConfigError(f"attack must be an attack name or a dict with a name (byzlearn list shows them), got {attack!r}")
-    name = spec.pop("name")
-    return ATTACKS.build(name, spec, "attack")
-
-
 def _enrolled(nodes: Iterable[int] | Callable[[Context], bool], key: str) -> Callable[[Context], bool]:
     if callable(nodes):
         return nodes
@@ -62,5 +50,7 @@ def poisoned_labels(msg: Message, y: Any, num_classes: int) -> Any:
     """The labels this client trains on: ``y`` on honest nodes, the data-poisoning attack's on enrolled ones."""
     for record in msg.content.config_records.values():
         if record.get(MARK) == 1 and ATTACK_KEY in record:
+            from ..attacks import build_attack  # only on an enrolled node of a data-poisoning run
+
             return build_attack(json.loads(str(record[ATTACK_KEY]))).poison_labels(y, num_classes)
     return y

@@ -87,17 +87,21 @@ def _decode(blob: bytes, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray 
     return arr
 
 
-def _flatten(arrays: list[np.ndarray], layout: Layout) -> Tensor:
-    dtype = layout.compute_dtype
-    return (
-        torch.cat([torch.from_numpy(np.ascontiguousarray(a).reshape(-1)).to(dtype) for a in arrays])
-        if arrays
-        else torch.empty(0, dtype=dtype)
-    )
+Row = list[np.ndarray]  # one reply's decoded arrays, in the layout's order
 
 
-def read_record(record: Any, layout: Layout) -> Tensor | str:
-    """One reply's ``ArrayRecord`` as a flat vector in ``layout``, or the reason it is malformed."""
+def stack(rows: list[Row], layout: Layout) -> Tensor:
+    """``Tensor[n, d]`` of the rows' arrays raveled and concatenated, in the layout's compute dtype, copied once."""
+    G = torch.empty(len(rows), layout.dim, dtype=layout.compute_dtype)
+    out = G.numpy()
+    for i, row in enumerate(rows):  # one copy per reply, straight into its row
+        if row:
+            np.concatenate([a.reshape(-1) for a in row], out=out[i], casting="unsafe")
+    return G
+
+
+def decode_record(record: Any, layout: Layout) -> Row | str:
+    """One reply's ``ArrayRecord`` decoded in ``layout``, or the reason it is malformed."""
     if not isinstance(record, ArrayRecord):
         return f"carries a {type(record).__name__} where an ArrayRecord is expected"
     keys = tuple(record.keys())
@@ -120,11 +124,11 @@ def read_record(record: Any, layout: Layout) -> Tensor | str:
         if isinstance(out, str):
             return f"array {key!r}: {out}"
         arrays.append(out)
-    return _flatten(arrays, layout)
+    return arrays
 
 
-def read_blobs(blobs: Any, layout: Layout) -> Tensor | str:
-    """The classic API's ``Parameters.tensors`` (a list of ``.npy`` blobs) as a flat vector, or the problem."""
+def decode_blobs(blobs: Any, layout: Layout) -> Row | str:
+    """The classic API's ``Parameters.tensors`` (a list of ``.npy`` blobs) decoded in ``layout``, or the problem."""
     if not isinstance(blobs, (list, tuple)) or len(blobs) != len(layout.keys):
         return f"carries {len(blobs) if isinstance(blobs, (list, tuple)) else 'no'} arrays, the model {len(layout.keys)}"
     arrays = []
@@ -133,7 +137,19 @@ def read_blobs(blobs: Any, layout: Layout) -> Tensor | str:
         if isinstance(out, str):
             return f"array {i}: {out}"
         arrays.append(out)
-    return _flatten(arrays, layout)
+    return arrays
+
+
+def read_record(record: Any, layout: Layout) -> Tensor | str:
+    """One reply's ``ArrayRecord`` as a flat vector in ``layout``, or the reason it is malformed."""
+    row = decode_record(record, layout)
+    return row if isinstance(row, str) else stack([row], layout)[0]
+
+
+def read_blobs(blobs: Any, layout: Layout) -> Tensor | str:
+    """The classic API's ``Parameters.tensors`` as a flat vector in ``layout``, or the reason it is malformed."""
+    row = decode_blobs(blobs, layout)
+    return row if isinstance(row, str) else stack([row], layout)[0]
 
 
 def unflatten(flat: Tensor, layout: Layout) -> list[np.ndarray]:
@@ -209,10 +225,10 @@ def aggregate_records(
     """
     rule = as_aggregator(aggregator, f)
     layout = Layout.of_record(reference) if reference is not None else majority_layout(list(records))
-    rows = [r for r in (read_record(rec, layout) for rec in records) if not isinstance(r, str)]
+    rows = [r for r in (decode_record(rec, layout) for rec in records) if not isinstance(r, str)]
     if not rows:
         raise ValueError(f"none of the {len(records)} records matches the layout {layout.keys[:3]}...; they must hold the same arrays")
     problem = rule.requirement(len(rows))
     if problem is not None:
         raise ValueError(f"{rule.name!r} cannot aggregate {len(rows)} records with f = {rule.f}: it requires {problem}")
-    return to_record(rule(torch.stack(rows), ctx), layout)
+    return to_record(rule(stack(rows, layout), ctx), layout)

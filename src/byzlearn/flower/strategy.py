@@ -12,20 +12,17 @@ Federated evaluation metrics are aggregated by the median over the replies, per 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Iterable
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
-from torch import Tensor
 
-from ..aggregators import Aggregator
-from .adversary import Adversary
-from .core import Reply, RobustAggregation
+from .core import Reply, RobustMixin
 from .mods import MARK
-from .records import Layout, read_record, to_record
+from .records import Layout, decode_record, read_record, to_record
 
 
 def _metrics(content: Any) -> dict[str, float]:
@@ -37,34 +34,9 @@ def _metrics(content: Any) -> dict[str, float]:
     return out
 
 
-class RobustStrategy(FedAvg):
-    """FedAvg whose aggregation is a byzlearn rule (``aggregator``) tolerating ``f`` Byzantine replies.
-
-    ``aggregate``: ``"updates"`` (default; reply minus sent arrays, aggregated, added back) or
-    ``"weights"``. ``adversary``: a ``byzlearn.flower.Adversary`` for simulations with
-    ``byzantine_mod`` clients. ``public_loss``: for rules that read the server's public batch (Zeno,
-    ARNN). Every other keyword is FedAvg's (``fraction_train``, ``min_available_nodes``, ...).
-    ``counters`` holds the run's totals of replies, missing, malformed, non-finite, Byzantine and
-    skipped rounds; each round's counts are in its train metrics as ``byzlearn-<counter>``.
-    """
-
-    def __init__(
-        self,
-        aggregator: str | dict[str, Any] | Aggregator = "mean",
-        f: int = 0,
-        *,
-        aggregate: Literal["updates", "weights"] = "updates",
-        adversary: Adversary | None = None,
-        public_loss: Callable[[Tensor], Tensor] | None = None,
-        **fedavg: Any,
-    ):
-        super().__init__(**fedavg)
-        self.robust = RobustAggregation(aggregator, f, aggregate, adversary, public_loss)
-        self._expected = 0
-
-    @property
-    def counters(self) -> dict[str, int]:
-        return self.robust.counters
+class RobustStrategy(RobustMixin, FedAvg):
+    """Message-API FedAvg whose aggregation is a byzlearn rule (``aggregator``) tolerating ``f``
+    Byzantine replies; the arguments are ``core.RobustMixin``'s."""
 
     def summary(self) -> None:
         super().summary()
@@ -74,9 +46,7 @@ class RobustStrategy(FedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         layout = Layout.of_record(arrays)
-        sent = read_record(arrays, layout)
-        assert not isinstance(sent, str), f"the server's own arrays are unreadable: {sent}"
-        self.robust.begin(layout, sent)
+        self._begin(layout, read_record(arrays, layout))
         if self.robust.adversary is not None:
             for k, v in self.robust.adversary.train_config().items():
                 config[k] = v
@@ -94,7 +64,7 @@ class RobustStrategy(FedAvg):
         if record is None:
             return Reply(node, f"carries {len(arrays)} ArrayRecords and none named {self.arrayrecord_key!r}")
         metrics = _metrics(content)
-        return Reply(node, read_record(record, self.robust.layout), byzantine=metrics.pop(MARK, 0.0) == 1.0, metrics=metrics)
+        return Reply(node, decode_record(record, self.robust.layout), byzantine=metrics.pop(MARK, 0.0) == 1.0, metrics=metrics)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
