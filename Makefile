@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.byzlearn-installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench check clean
 
 demo: $(STAMP)
 	$(VENV)/bin/byzlearn demo
@@ -15,6 +15,12 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(VENV)/bin/ruff format --check src tests benchmarks examples
+
+# The quick reproductions re-run and compared with their committed results (README "Reproducible numbers").
+DATA ?= ../shared/data/mnist
+check: $(STAMP)
+	$(VENV)/bin/byzlearn reproduce draco-table1 --check --data-dir $(DATA)
+	$(VENV)/bin/byzlearn reproduce l2a-fig7 --check --data-dir $(DATA)
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/simulator.py

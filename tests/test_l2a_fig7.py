@@ -1,5 +1,7 @@
 """l2a-fig7: heterogeneous local models sending gradients for one global MLP-20 (Ji et al. 2019, §5.5)."""
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -110,7 +112,7 @@ def test_fixed_order_aggregator_for_10_workers_is_refused_and_m12_recipe_has_12(
 def test_quick_reproduction_writes_rows_with_the_required_keys(tmp_path):
     out = tmp_path / "fig7"
     rows = quick_reproduction("l2a-fig7", out, ("rnn_lstm_m12", "set_rnn_lstm"))
-    assert len(rows) == 4  # 3 methods on the heterogeneous workers + the homogeneous reference, 1 seed
+    assert len(rows) == 6  # 5 methods (2 of them guarded) on the heterogeneous workers + the homogeneous reference, 1 seed
     for r in rows:
         assert {
             "method",
@@ -124,7 +126,10 @@ def test_quick_reproduction_writes_rows_with_the_required_keys(tmp_path):
         assert {"data", "model", "workers", "byzantine", "system"} <= set(r["setting"])
         assert 0.0 <= r["final_test_accuracy"] <= r["best_test_accuracy"] <= 1.0
     het = [r for r in rows if r["setting"]["system"] == "heterogeneous"]
-    assert {r["method"] for r in het} == {"mean", "rnn_lstm_m12", "set_rnn_lstm"}
+    assert {r["method"] for r in het} == {"mean", "rnn_lstm_m12", "set_rnn_lstm", "rnn_lstm_m12_capped", "set_rnn_lstm_capped"}
+    # the learned rows are judged on their spread by --check, the rule's rows exactly
+    assert all((r.get("check") == "spread") == (r["method"] != "mean") for r in rows)
+    assert json.loads((out / "numerics.json").read_text())["settings"]["MKL_CBWR"] == "COMPATIBLE"
     assert all(r["setting"]["workers"] == 12 and "3x mlp40" in r["setting"]["model"] for r in het)
     ref = [r for r in rows if r["setting"]["system"] == "homogeneous"]
     assert [(r["method"], r["setting"]["workers"]) for r in ref] == [("mean", 10)]

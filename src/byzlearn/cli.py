@@ -190,6 +190,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             print(f"  {e.name:<24} {e.summary}")
         return 0
     reproduce.REPRODUCTIONS.get(args.name)  # an unknown name lists the known ones
+    if args.check:
+        return _check_reproduction(args)
     out = check_folder(args.out or Path("docs") / "reproductions" / args.name)
     created = [p for p in (out, *out.parents) if not p.exists()]
     try:
@@ -201,6 +203,32 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         raise
     print(f"results: {out / 'results.md'}")
     return 0
+
+
+def _check_reproduction(args: argparse.Namespace) -> int:
+    """``reproduce NAME --check``: re-run into a temporary folder (or --out), compare with the committed results."""
+    import tempfile
+
+    from .experiments import check, reproduce
+
+    committed = Path("docs") / "reproductions" / args.name
+    if args.quick:
+        raise ConfigError("--check compares a full re-run with the committed results: drop --quick")
+    if not (committed / "results.json").is_file():
+        raise ConfigError(
+            f"no committed results at {committed / 'results.json'}: run --check from the repository root "
+            f"(or run `byzlearn reproduce {args.name}` first to have something to compare with)"
+        )
+    rows_old = json.loads((committed / "results.json").read_text())
+    with tempfile.TemporaryDirectory(prefix=f"byzlearn-check-{args.name}-") as tmp:
+        out = Path(args.out) if args.out else Path(tmp)
+        reproduce.run(args.name, out, quick=False, data_dir=args.data_dir)
+        rows_new = json.loads((out / "results.json").read_text())
+        lines, bad = check.compare(rows_old, rows_new, args.margin)
+        lines.append(check.numerics_line(committed, out))
+    print("\n".join(lines))
+    print(f"{args.name}: {'matches' if not bad else f'{bad} mismatch(es) against'} {committed / 'results.json'}")
+    return 1 if bad else 0
 
 
 def _cmd_meta_train(args: argparse.Namespace) -> int:

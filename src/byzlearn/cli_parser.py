@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
+from .experiments.check import MARGIN
+
 
 def build_parser(commands: dict[str, Callable[[argparse.Namespace], int]]) -> argparse.ArgumentParser:
     """The argument parser; ``commands`` maps each sub-command to the function that runs it (``cli``)."""
@@ -87,6 +89,14 @@ def build_parser(commands: dict[str, Callable[[argparse.Namespace], int]]) -> ar
     rp.add_argument("--out", help="output folder (default: docs/reproductions/NAME)")
     rp.add_argument("--data-dir", help="where the data set's files are (also: BYZLEARN_DATA)")
     rp.add_argument("--quick", action="store_true", help="a reduced version for smoke checks")
+    rp.add_argument(
+        "--check",
+        action="store_true",
+        help="re-run into a temporary folder (or --out) and compare row by row with the committed results.json; exit 1 on a mismatch",
+    )
+    rp.add_argument(
+        "--margin", type=float, default=MARGIN, help="with --check: accuracy points a learned row may fall outside its seeds' range"
+    )
     rp.set_defaults(func=commands["reproduce"])
 
     mt = sub.add_parser(

@@ -29,6 +29,10 @@ AGGREGATOR_ROOT = Path("docs") / "reproductions" / "l2a-aggregators"
 ALIE = {"name": "alie", "z": 1.0}  # z fixed: the paper's default z is undefined at 7 of 10 Byzantine
 TRAIN_ATTACKS = ["gaussian", "sign_flip", "constant", ALIE]
 SERVER_LR, BATCH, WORKERS, PUBLIC_BATCH, ROUNDS = 0.5, 128, 10, 32, 500
+COLLAPSE = 0.05  # a seed whose best test accuracy is this far above its final one was learned, then lost
+RULES = ("mean", "krum")  # the rule-based methods: deterministic rows; every other method's rows are judged on their spread
+# Test seeds of every figure: a learned aggregator's run is chaotic, so each figure states the spread over these
+SEEDS = [0, 1, 2, 3, 4]
 
 _PAPER_NET = {"preprocess": "seed"}
 _OURS_NET = {"encoder": "set", "preprocess": "floor"}
@@ -206,6 +210,7 @@ def train_curve(engine: Any, spec: dict[str, Any], t0: float) -> dict[str, Any]:
     return {
         "method": spec["method"],
         "setting": spec["setting"],
+        **({} if spec["method"] in RULES else {"check": "spread"}),
         "final_test_accuracy": curve[-1][1],
         "best_test_accuracy": max(c[1] for c in curve),
         "final_train_loss": curve[-1][3],
@@ -237,20 +242,52 @@ def dataset(key: str) -> Dataset:
 
 
 def mean_over_seeds(rows: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any]) -> dict[Any, dict[str, float]]:
-    """Mean final/best accuracy and final training loss of the rows grouped by ``key``."""
+    """Per group of ``key``: mean final/best accuracy and final training loss, and the spread over the seeds.
+
+    ``lo``/``hi``/``std``: min, max and standard deviation of the final accuracy; ``collapsed``: how many
+    seeds were learned, then lost (their best accuracy more than ``COLLAPSE`` above their final one)."""
     groups: dict[Any, list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault(key(r), []).append(r)
     out = {}
     for k, rs in groups.items():
         losses = [r["final_train_loss"] for r in rs if r["final_train_loss"] is not None]
+        finals = [r["final_test_accuracy"] for r in rs]
+        mean = sum(finals) / len(rs)
         out[k] = {
-            "final": sum(r["final_test_accuracy"] for r in rs) / len(rs),
+            "final": mean,
             "best": sum(r["best_test_accuracy"] for r in rs) / len(rs),
             "loss": sum(losses) / len(losses) if len(losses) == len(rs) else float("nan"),
             "seeds": len(rs),
+            "lo": min(finals),
+            "hi": max(finals),
+            "std": (sum((x - mean) ** 2 for x in finals) / max(len(rs) - 1, 1)) ** 0.5,
+            "collapsed": sum(r["best_test_accuracy"] - r["final_test_accuracy"] > COLLAPSE for r in rs),
         }
     return out
+
+
+def spread(st: dict[str, float]) -> str:
+    """``mean% [min-max]`` of a ``mean_over_seeds`` group (``mean%`` alone for one seed)."""
+    if st["seeds"] < 2:
+        return f"{100 * st['final']:.2f}%"
+    return f"{100 * st['final']:.2f}% [{100 * st['lo']:.2f}-{100 * st['hi']:.2f}]"
+
+
+def versus(a: dict[str, float], b: dict[str, float]) -> str:
+    """``a`` against ``b`` judged on the spread: ``above`` (a's worst seed beats b's best), ``below``, or ``overlaps``."""
+    if a["lo"] > b["hi"]:
+        return "above"
+    if a["hi"] < b["lo"]:
+        return "below"
+    return "overlaps"
+
+
+def collapses(stats: dict[Any, dict[str, float]], name: Callable[[Any], str]) -> str:
+    """A sentence counting the learned-then-lost seeds of every group that has any."""
+    hit = [f"{name(k)} {st['collapsed']} of {st['seeds']}" for k, st in stats.items() if st["collapsed"]]
+    head = f"Learned, then lost (best accuracy more than {100 * COLLAPSE:.0f} points above the final one), seeds per method: "
+    return head + ("; ".join(hit) if hit else "none") + "."
 
 
 def plot_curves(

@@ -5,7 +5,9 @@ in ``REPRODUCTIONS`` from a module ``byzlearn/experiments/repro_*.py`` (found au
 writes to ``out`` (default ``docs/reproductions/NAME``): ``results.md`` (table, command, machine,
 wall time, comparison with the paper), ``results.json`` (a list of rows, each with ``method``,
 ``setting`` (a dict), ``final_test_accuracy``, ``best_test_accuracy`` and time figures where
-relevant) and PNG figures. ``quick`` runs a reduced version (for smoke tests), never committed.
+relevant; a learned method's rows add ``"check": "spread"``), PNG figures, and ``numerics.json`` (whether the
+portable kernels of ``numerics`` held, and the probe's hash). ``quick`` runs a reduced version (for smoke
+tests), never committed. ``byzlearn reproduce NAME --check`` compares a re-run with the committed rows (``check``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, Callable
 import torch
 
 from ..registry import Registry
+from . import numerics
 
 REPRODUCTIONS: Registry[None] = Registry("reproduction")
 
@@ -49,9 +52,22 @@ def write_json(rows: list[dict[str, Any]], out: Path) -> None:
 
 
 def run(name: str, out: Path | None = None, quick: bool = False, data_dir: str | None = None) -> Path:
-    load_all()
-    fn: Callable[..., None] = REPRODUCTIONS.get(name)
-    out = out or Path("docs") / "reproductions" / name
-    out.mkdir(parents=True, exist_ok=True)
-    fn(out=out, quick=quick, data_dir=data_dir)
+    """Run reproduction ``name`` into ``out`` under the portable kernels (``numerics.json`` says whether they held)."""
+    saved = {k: os.environ.get(k) for k in numerics.PORTABLE}
+    threads = torch.get_num_threads()
+    try:
+        pinned = numerics.pin()
+        load_all()
+        fn: Callable[..., None] = REPRODUCTIONS.get(name)
+        out = out or Path("docs") / "reproductions" / name
+        out.mkdir(parents=True, exist_ok=True)
+        fn(out=out, quick=quick, data_dir=data_dir)
+        (out / "numerics.json").write_text(json.dumps({**pinned, "machine": machine()}, indent=1) + "\n")
+    finally:  # a caller in the same process (a test) keeps its own environment and threads
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        torch.set_num_threads(threads)
     return out

@@ -22,7 +22,7 @@ from ..aggregators.base import AGGREGATORS, AggregationContext, Aggregator
 from ..registry import ConfigError
 from .card import check_card, check_weights, read_card
 from .network import CoordinatewiseRNN, State
-from .preprocess import MAX_RATIO, bound_rows, clip_rows, loss_features, normalise, public_grad_norm, screen_rows, trial_points
+from .preprocess import MAX_RATIO, bound_rows, cap_step, clip_rows, loss_features, normalise, public_grad_norm, screen_rows, trial_points
 
 WEIGHTS, CARD = "aggregator.safetensors", "card.json"
 FORMAT = "byzlearn-learned-aggregator/1"
@@ -159,13 +159,24 @@ class LearnedAggregator(Aggregator):
     gradient before the network reads it; ``None`` keeps the card's setting (how it was meta-trained).
     ``max_ratio`` (ours): rows longer than this multiple of the median row norm are shortened to it
     (``preprocess.bound_rows``; ``inf`` turns it off), so the aggregate stops following a forged row's scale.
+    ``step_cap`` (ours, a guard against late collapses): the aggregate is shortened to this multiple of the
+    median row norm when longer (``preprocess.cap_step``; default ``inf``: off, the network as meta-trained).
     """
 
-    def __init__(self, path: str, f: int = 0, probe_lr: float | None = None, input_clip: bool | None = None, max_ratio: float = MAX_RATIO):
+    def __init__(
+        self,
+        path: str,
+        f: int = 0,
+        probe_lr: float | None = None,
+        input_clip: bool | None = None,
+        max_ratio: float = MAX_RATIO,
+        step_cap: float = float("inf"),
+    ):
         super().__init__(f)
-        if isinstance(max_ratio, bool) or not isinstance(max_ratio, (int, float)) or not max_ratio > 0:
-            raise ConfigError(f"aggregator.max_ratio must be a positive number (inf: no bound), got {max_ratio!r}")
-        self.max_ratio = float(max_ratio)
+        for key, v in (("max_ratio", max_ratio), ("step_cap", step_cap)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise ConfigError(f"aggregator.{key} must be a positive number (inf: no bound), got {v!r}")
+        self.max_ratio, self.step_cap = float(max_ratio), float(step_cap)
         self.path = path
         self.net, self.card = load_aggregator(path)
         self.name = self.card.get("method", "learned")
@@ -205,6 +216,7 @@ class LearnedAggregator(Aggregator):
             self.state = net.initial_state(G.shape[1], G.device, dtype)
         losses, ref = self.public_losses(G, ctx)
         u, self.state = learned_update(net, G, self.state, self.card, losses, ref, self.max_ratio)
+        u = cap_step(u, G, self.step_cap)
         if self.card["output"] == "step":  # the network's output is the step itself: undo the server's SGD lr
             if not ctx.lr:
                 raise ConfigError(f"{self.name} outputs the step itself; it needs the server optimiser's lr (optimizer.name = 'sgd')")

@@ -48,18 +48,36 @@ def bound_rows(G: Tensor, ratio: float = MAX_RATIO) -> Tensor:
     counterpart of ``clip_rows``: with fewer than half the rows forged, the median norm is an honest
     one). No copy when no row exceeds it; ``ratio = inf`` or a zero median: no bound."""
     G = screen_rows(G)
-    n = G.shape[0]
-    if n == 0 or not math.isfinite(ratio):
+    if G.shape[0] == 0 or not math.isfinite(ratio):
         return G
     norms = torch.linalg.vector_norm(G.detach(), dim=1)
-    med = float(torch.sort(norms).values[(n - 1) // 2])
-    if not math.isfinite(med):  # more than half the rows overflow the dtype's norm: their true norms
-        m, nu = big_row_parts(G.detach())
-        med = float(torch.sort(m * nu).values[(n - 1) // 2])
-    bound = min(ratio * med, float(torch.finfo(G.dtype).max))
+    bound = min(ratio * median_row_norm(G, norms), float(torch.finfo(G.dtype).max))
     if not bound > 0 or not bool((norms > bound).any()):
         return G
     return static_clip(G, bound)
+
+
+def median_row_norm(G: Tensor, norms: Tensor | None = None) -> float:
+    """The lower median of the (screened) rows' norms, exact where a norm overflows the dtype (an honest
+    row's norm while fewer than half the rows are forged)."""
+    G = G.detach()
+    n = G.shape[0]
+    norms = torch.linalg.vector_norm(G, dim=1) if norms is None else norms
+    med = float(torch.sort(norms).values[(n - 1) // 2])
+    if not math.isfinite(med):  # more than half the rows overflow the dtype's norm: their true norms
+        m, nu = big_row_parts(G)
+        med = float(torch.sort(m * nu).values[(n - 1) // 2])
+    return med
+
+
+def cap_step(u: Tensor, G: Tensor, cap: float) -> Tensor:
+    """``u`` shortened to ``cap`` times the median row norm of ``G`` when longer (ours: the step-size guard
+    of a learned aggregator, ``aggregator.step_cap``; ``inf``: off)."""
+    if not math.isfinite(cap) or G.shape[0] == 0:
+        return u
+    bound = cap * median_row_norm(screen_rows(G))
+    length = float(torch.linalg.vector_norm(u.double()))
+    return u * (bound / length) if length > bound else u
 
 
 def normalise(G: Tensor, p: float = 10.0, mode: Preprocess = "seed") -> tuple[Tensor, Tensor]:
