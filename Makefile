@@ -20,7 +20,6 @@ lint: $(STAMP)
 DATA ?= ../shared/data/mnist
 check: $(STAMP)
 	$(VENV)/bin/byzlearn reproduce draco-table1 --check --data-dir $(DATA)
-	$(VENV)/bin/byzlearn reproduce l2a-fig7 --check --data-dir $(DATA)
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/simulator.py
