@@ -192,7 +192,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     reproduce.REPRODUCTIONS.get(args.name)  # an unknown name lists the known ones
     if args.check:
         return _check_reproduction(args)
-    out = check_folder(args.out or Path("docs") / "reproductions" / args.name)
+    out = check_folder(args.out or reproduce.folder(args.name))
     created = [p for p in (out, *out.parents) if not p.exists()]
     try:
         reproduce.run(args.name, out, quick=args.quick, data_dir=args.data_dir)
@@ -211,7 +211,7 @@ def _check_reproduction(args: argparse.Namespace) -> int:
 
     from .experiments import check, reproduce
 
-    committed = Path("docs") / "reproductions" / args.name
+    committed = reproduce.folder(args.name)
     if args.quick:
         raise ConfigError("--check compares a full re-run with the committed results: drop --quick")
     if not (committed / "results.json").is_file():

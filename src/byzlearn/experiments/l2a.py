@@ -267,11 +267,10 @@ def mean_over_seeds(rows: list[dict[str, Any]], key: Callable[[dict[str, Any]], 
     return out
 
 
-def spread(st: dict[str, float]) -> str:
-    """``mean% [min-max]`` of a ``mean_over_seeds`` group (``mean%`` alone for one seed)."""
-    if st["seeds"] < 2:
-        return f"{100 * st['final']:.2f}%"
-    return f"{100 * st['final']:.2f}% [{100 * st['lo']:.2f}-{100 * st['hi']:.2f}]"
+def spread(st: dict[str, float], digits: int = 2, unit: str = "%") -> str:
+    """``mean% [min-max]`` of a ``mean_over_seeds`` group in percent (``mean%`` alone for one seed)."""
+    mean = f"{100 * st['final']:.{digits}f}{unit}"
+    return mean if st["seeds"] < 2 else f"{mean} [{100 * st['lo']:.{digits}f}-{100 * st['hi']:.{digits}f}]"
 
 
 def versus(a: dict[str, float], b: dict[str, float]) -> str:

@@ -130,13 +130,6 @@ def _group(r: dict[str, Any]) -> tuple[str, int, str]:
     return r["method"], r["setting"]["byzantine"], r["setting"]["attack"]
 
 
-def _cell(st: dict[str, float]) -> str:
-    """``mean [min-max]`` in % with one decimal (the mean alone for one seed)."""
-    if st["seeds"] < 2:
-        return f"{100 * st['final']:.1f}"
-    return f"{100 * st['final']:.1f} [{100 * st['lo']:.1f}-{100 * st['hi']:.1f}]"
-
-
 def _accuracy_at(row: dict[str, Any], rnd: int) -> float:
     return max((c for c in row["curve"] if c[0] <= rnd), key=lambda c: c[0])[1]
 
@@ -180,7 +173,7 @@ def _report(
     head = "| method | " + " | ".join(f"{c} byz, {a}{'' if a == 'none' or a in map(_label, SEEN) else ' (unseen)'}" for c, a in cols) + " |"
     table = [head, "|---|" + "---:|" * len(cols)]
     for m in METHODS:
-        table.append(f"| {m} | " + " | ".join(_cell(stats[(m, c, a)]) for c, a in cols) + " |")
+        table.append(f"| {m} | " + " | ".join(l2a.spread(stats[(m, c, a)], digits=1, unit="") for c, a in cols) + " |")
     fails = lambda m, c: [a for cc, a in cols if cc == c and stats[(m, cc, a)]["lo"] < 0.85]  # noqa: E731
     seven = [a for c, a in cols if c == 7]
     gap = {a: stats[("arnn_lstm", 7, a)]["final"] - stats[("krum", 7, a)]["final"] for a in seven}

@@ -164,15 +164,15 @@ def _write_md(
         return 100 * (stats[("heterogeneous", m)]["final"] - base)
 
     ref = stats[("homogeneous", "mean")]["final"]
-    judged = {m: l2a.versus(stats[("heterogeneous", m)], base_st) for m in (*LEARNED, *GUARDED)}
+    het = {m: stats[("heterogeneous", m)] for m in METHODS}
+    judged = {m: l2a.versus(het[m], base_st) for m in (*LEARNED, *GUARDED)}
     words = {"above": "above averaging on every seed", "below": "below averaging on every seed", "overlaps": "within averaging's spread"}
     verdict = [
         f"`{m}` ends {pts(m):+.2f} points against averaging the same 12 gradients (mean of seeds; its seeds "
-        f"{l2a.spread(stats[('heterogeneous', m)])}: {words[judged[m]]})"
+        f"{l2a.spread(het[m])}: {words[judged[m]]})"
         for m in (*LEARNED, *GUARDED)
     ]
     better = [m for m in judged if judged[m] == "above"]
-    het = {m: stats[("heterogeneous", m)] for m in METHODS}
     guard_line = (
         "The guard (`aggregator.step_cap = 1`: the same network, its step capped at the median worker's gradient norm): "
         + "; ".join(

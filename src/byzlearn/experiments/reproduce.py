@@ -51,6 +51,11 @@ def write_json(rows: list[dict[str, Any]], out: Path) -> None:
     (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
 
 
+def folder(name: str) -> Path:
+    """Where reproduction ``name`` is committed (relative to the repository root): ``docs/reproductions/NAME``."""
+    return Path("docs") / "reproductions" / name
+
+
 def run(name: str, out: Path | None = None, quick: bool = False, data_dir: str | None = None) -> Path:
     """Run reproduction ``name`` into ``out`` under the portable kernels (``numerics.json`` says whether they held)."""
     saved = {k: os.environ.get(k) for k in numerics.PORTABLE}
@@ -59,7 +64,7 @@ def run(name: str, out: Path | None = None, quick: bool = False, data_dir: str |
         pinned = numerics.pin()
         load_all()
         fn: Callable[..., None] = REPRODUCTIONS.get(name)
-        out = out or Path("docs") / "reproductions" / name
+        out = out or folder(name)
         out.mkdir(parents=True, exist_ok=True)
         fn(out=out, quick=quick, data_dir=data_dir)
         (out / "numerics.json").write_text(json.dumps({**pinned, "machine": machine()}, indent=1) + "\n")

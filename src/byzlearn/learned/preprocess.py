@@ -75,9 +75,8 @@ def cap_step(u: Tensor, G: Tensor, cap: float) -> Tensor:
     of a learned aggregator, ``aggregator.step_cap``; ``inf``: off)."""
     if not math.isfinite(cap) or G.shape[0] == 0:
         return u
-    bound = cap * median_row_norm(screen_rows(G))
-    length = float(torch.linalg.vector_norm(u.double()))
-    return u * (bound / length) if length > bound else u
+    bound = min(cap * median_row_norm(screen_rows(G)), float(torch.finfo(u.dtype).max))
+    return static_clip(u[None], bound)[0] if bound > 0 else u
 
 
 def normalise(G: Tensor, p: float = 10.0, mode: Preprocess = "seed") -> tuple[Tensor, Tensor]:
