@@ -48,7 +48,7 @@ PRELOAD = (
     "byzlearn.cli",
     "byzlearn.engine",
     "byzlearn.experiments.runner",
-    "byzlearn.experiments.plots",
+    "byzlearn.plots",
     "byzlearn.experiments.matrix",
     "byzlearn.experiments.tune",
     "byzlearn.experiments.demo",

@@ -69,3 +69,31 @@ def test_matrix_cli(tmp_path, capsys):
     assert main(["matrix", str(cfg), "--out", str(tmp_path / "o"), "--quiet", "--set", "matrix.seeds=[0, 1]"]) == 0
     assert len(json.loads((tmp_path / "o" / "results.json").read_text())) == 4
     assert "median" in capsys.readouterr().out
+
+
+def test_worst_attack_is_the_lowest_accuracy_per_rule_and_setting():
+    from byzlearn.experiments.matrix import worst_attack_table, worst_attacks
+
+    def row(method, attack, acc, het="iid", mom=0.0):
+        return {
+            "method": method,
+            "final_test_accuracy": acc,
+            "setting": {"attack": attack, "byzantine": 3, "heterogeneity": het, "momentum": mom, "seed": 0},
+        }
+
+    rows = [
+        row("krum", "none", 0.9),
+        row("krum", "alie", 0.5),
+        row("krum", "ipm", 0.2),
+        row("krum", "ipm", 0.7, het="dirichlet0.1"),
+        row("krum", "alie", 0.6, het="dirichlet0.1"),
+        row("median", "none", 0.05),  # "none" never counts as an attack
+        row("median", "alie", 0.8),
+    ]
+    w = worst_attacks(rows)
+    assert w[("krum", "iid, m=0.0, f=3, seed 0")] == (0.2, "ipm")
+    assert w[("krum", "dirichlet0.1, m=0.0, f=3, seed 0")] == (0.6, "alie")
+    assert w[("median", "iid, m=0.0, f=3, seed 0")] == (0.8, "alie")
+    table = worst_attack_table(rows)
+    assert "| krum | 20.0 (ipm) / 90.0 | 60.0 (alie) |" in table and "| median | 80.0 (alie) / 5.0 |  |" in table
+    assert worst_attack_table([row("mean", "none", 0.9)]) == ""

@@ -7,6 +7,7 @@ unknown or mistyped key fails before training with the list of allowed keys.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
 import types
@@ -47,11 +48,22 @@ def _first_doc_line(obj: Any) -> str:
 
 
 class Registry(Generic[T]):
-    """A named collection of factories of one kind (``kind`` is used in error messages)."""
+    """A named collection of factories of one kind (``kind`` is used in error messages).
 
-    def __init__(self, kind: str):
+    ``catalogue``: the module that imports every module registering entries here (rules and attacks:
+    ``byzlearn.catalogue``). It is imported on the first look-up, so a name is found whichever
+    module the caller imported first, and the modules that register never import upwards.
+    """
+
+    def __init__(self, kind: str, catalogue: str | None = None):
         self.kind = kind
+        self.catalogue = catalogue
         self._entries: dict[str, Entry[T]] = {}
+
+    def _complete(self) -> None:
+        if self.catalogue is not None:
+            name, self.catalogue = self.catalogue, None  # once; the catalogue's own imports may look up names
+            importlib.import_module(name)
 
     def register(self, name: str, summary: str | None = None) -> Callable[[Callable[..., T]], Callable[..., T]]:
         def deco(factory: Callable[..., T]) -> Callable[..., T]:
@@ -63,15 +75,18 @@ class Registry(Generic[T]):
         return deco
 
     def names(self) -> list[str]:
+        self._complete()
         return sorted(self._entries)
 
     def entries(self) -> list[Entry[T]]:
         return [self._entries[k] for k in self.names()]
 
     def __contains__(self, name: str) -> bool:
+        self._complete()
         return name in self._entries
 
     def get(self, name: str) -> Callable[..., T]:
+        self._complete()
         if name not in self._entries:
             raise ConfigError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
         return self._entries[name].factory

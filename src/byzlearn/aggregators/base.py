@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -20,6 +21,7 @@ from torch import Tensor
 
 from ..registry import Component, ConfigError, Registry
 from ._finite import check_batch
+from .requirements import Requirement
 
 
 @dataclass
@@ -27,7 +29,11 @@ class AggregationContext:
     """What a rule may need beyond ``G``, filled by the engine every round.
 
     ``public_loss(P)`` evaluates the loss on the server's small public batch for each row of a
-    parameter batch ``P: Tensor[k, d]`` and returns ``Tensor[k]`` (Zeno, ARNN). ``params`` is the
+    parameter batch ``P: Tensor[k, d]`` and returns ``Tensor[k]`` (Zeno, ARNN). ``public_update()``
+    returns the server's update ``Tensor[d]`` on a fresh public minibatch at the current params,
+    computed with the workers' own local procedure (their gradient, momentum or K local steps; a
+    pseudo-gradient like the rows of ``G``), the same tensor for every call within a round (FLTrust);
+    ``None`` where the engine cannot compute it. ``params`` is the
     current model ``Tensor[d]`` and ``lr`` the server's learning rate. ``owns_batch``: the caller
     will not read ``G`` again, so a pre-aggregator may overwrite it instead of allocating a new
     ``Tensor[n, d]`` (the engine sets it; at d = 1e6 a fresh allocation costs more than the maths).
@@ -37,6 +43,7 @@ class AggregationContext:
     params: Tensor | None = None
     lr: float | None = None
     public_loss: Callable[[Tensor], Tensor] | None = None
+    public_update: Callable[[], Tensor] | None = None
     generator: torch.Generator | None = None
     owns_batch: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
@@ -47,6 +54,8 @@ class Aggregator(Component):
 
     name = "aggregator"
     needs_public_batch = False  # reads ctx.public_loss (Zeno, ARNN): the run must set data.public_size > 0
+    needs_public_update = False  # reads ctx.public_update, the server's own update on its public batch (FLTrust)
+    requires: Requirement | None = None  # the rule's (n, f) condition, declared beside its function
 
     def __init__(self, f: int = 0):
         if not isinstance(f, int) or f < 0:
@@ -56,7 +65,7 @@ class Aggregator(Component):
     # -- requirement on (n, f) ------------------------------------------------------------------
     def requirement(self, n: int) -> str | None:
         """Return ``None`` when the rule may run on ``n`` inputs with this ``f``, else the violated condition."""
-        return None
+        return None if self.requires is None else self.requires.problem(n, self.f)
 
     def check(self, n: int) -> None:
         problem = self.requirement(n)
@@ -87,7 +96,21 @@ class Aggregator(Component):
         return f"{type(self).__name__}(f={self.f})"
 
 
-AGGREGATORS: Registry[Aggregator] = Registry("aggregator")
+AGGREGATORS: Registry[Aggregator] = Registry("aggregator", catalogue="byzlearn.catalogue")
+
+
+def config_int(value: Any, key: str, minimum: int) -> None:
+    """Refuse a config value ``aggregator.<key>`` that is not an integer ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"aggregator.{key} must be an integer >= {minimum}, got {value!r}")
+
+
+def config_float(value: Any, key: str, positive: bool) -> None:
+    """Refuse a config value ``aggregator.<key>`` that is not a finite positive (or non-negative) number."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > 0 if positive else value >= 0)
+    if not ok:
+        raise ConfigError(f"aggregator.{key} must be a {'positive' if positive else 'non-negative'} number, got {value!r}")
 
 
 class PreAggregator(Component):
@@ -98,6 +121,7 @@ class PreAggregator(Component):
     """
 
     name = "pre-aggregator"
+    requires: Requirement | None = None
 
     def __init__(self, f: int = 0):
         self.f = f
@@ -106,7 +130,7 @@ class PreAggregator(Component):
         return n
 
     def requirement(self, n: int) -> str | None:
-        return None
+        return None if self.requires is None else self.requires.problem(n, self.f)
 
     def __call__(self, G: Tensor, ctx: AggregationContext) -> Tensor:
         raise NotImplementedError
@@ -115,7 +139,7 @@ class PreAggregator(Component):
         return f"{type(self).__name__}(f={self.f})"
 
 
-PREAGGREGATORS: Registry[PreAggregator] = Registry("pre-aggregator")
+PREAGGREGATORS: Registry[PreAggregator] = Registry("pre-aggregator", catalogue="byzlearn.catalogue")
 
 
 class Chain(Aggregator):

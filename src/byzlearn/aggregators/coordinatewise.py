@@ -1,11 +1,13 @@
-"""Coordinate-wise robust rules: median and trimmed mean (Yin, Chen, Ramchandran, Bartlett, ICML 2018).
+"""Coordinate-wise robust rules: median and trimmed mean (Yin, Chen, Ramchandran, Bartlett, ICML 2018),
+and the mean around the median (Meamed; Xie, Koyejo, Gupta 2018).
 
-Both rules work on each coordinate independently, over the worker axis, and are computed from one
+The rules work on each coordinate independently, over the worker axis, and are computed from one
 sort of ``G`` along dim 0 (``_finite.sort_workers``: numpy's multi-threaded sort on CPU, torch.sort
-elsewhere). No loops over workers or coordinates.
+elsewhere). No loops over workers or coordinates. :func:`median_window_mean` (the mean of the
+``k`` values of each sorted column closest to its median) is shared with Bulyan's second step.
 
 Non-finite inputs: a NaN entry is ordered as the largest value (above ``+inf``), and ``±inf`` are
-just extreme values. Both rules read only the middle of each sorted column, so with ``k <= f``
+just extreme values. The rules read only the middle of each sorted column, so with ``k <= f``
 rows containing NaN/±inf (and ``f`` within the rule's requirement) the output is finite and lies,
 coordinate by coordinate, within the range of the finite honest values.
 
@@ -13,13 +15,15 @@ This module keeps the maths (functions) and the registered objects next to each 
 functions are re-exported by ``aggregators.functional``.
 """
 
+import torch
 from torch import Tensor
 
 from ..registry import ConfigError
-from ._finite import check_batch, check_f, mean_rows, sort_workers
+from ._finite import LOW_PRECISION, all_finite, check_batch, check_f, mean_rows, sort_workers
 from .base import AGGREGATORS, AggregationContext, Aggregator
+from .requirements import MAJORITY
 
-__all__ = ["median", "trimmed_mean", "Median", "TrimmedMean"]
+__all__ = ["median", "trimmed_mean", "meamed", "Median", "TrimmedMean", "Meamed"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -55,12 +59,69 @@ def trimmed_mean(G: Tensor, f: int) -> Tensor:
     check_batch(G, "trimmed_mean")
     check_f(f, "trimmed_mean")
     n = G.shape[0]
-    if not 2 * f < n:
-        raise ValueError(f"trimmed_mean needs n > 2f (trims f values per side), got n={n}, f={f}")
+    MAJORITY.check("trimmed_mean", n, f)
     if f == 0:
         return mean_rows(G)
     S = sort_workers(G)
     return mean_rows(S[f : n - f]).to(G.device)
+
+
+def median_window_mean(S: Tensor, k: int) -> Tensor:
+    """Per column of ``S: Tensor[m, d]`` sorted along dim 0 (NaN last), the mean of the ``k`` values
+    closest to the column's median (even ``m``: the mean of the two middle values) -> ``Tensor[d]``.
+
+    The ``k`` values closest to any point form a window ``s_a..s_{a+k-1}`` of the sorted column;
+    moving it one step up is better iff ``s_{a+k} - med < med - s_a``, i.e. ``s_a + s_{a+k} < 2 med``,
+    which is monotone in ``a``, so the start is ``#{j < m-k : s_j + s_{j+k} < 2 med}`` (exact
+    comparisons, no cumulative sums). Ties (two values equally far from the median on either side):
+    the smaller one is taken. Sums that overflow are compared on halves (exact scaling); a window
+    whose sum overflows is averaged without overflow (``mean_rows``). float16/bfloat16 are
+    computed in float32; the result has ``S``'s dtype. NaN (last) and ``+inf`` never satisfy the
+    comparison, so with at most ``m - k`` of them, and ``-inf``, per column the window stays finite.
+    ``S`` is consumed: its values outside the window are overwritten with zeros (callers pass a
+    fresh sort; this saves an ``m x d`` copy, O((m-k) d) work besides the sum).
+    """
+    m = S.shape[0]
+    s = S.float() if S.dtype in LOW_PRECISION else S
+    h = m // 2
+    m2 = 2.0 * s[h] if m % 2 == 1 else s[h - 1] + s[h]
+    pair = s[: m - k] + s[k:]
+    if not (all_finite(m2) and all_finite(pair)):
+        # values near the dtype maximum: the same comparison on halves (exact scaling, no overflow)
+        m2 = s[h] if m % 2 == 1 else 0.5 * s[h - 1] + 0.5 * s[h]
+        pair = 0.5 * s[: m - k] + 0.5 * s[k:]
+    start = (pair < m2).sum(dim=0)  # monotone in j: a prefix
+    # zero the values outside the window, in place: row j < m-k is out iff j < start, row j >= k iff
+    # j >= start + k (rows in between are always in); then one sum over all m rows
+    pos = torch.arange(m - k, device=S.device)[:, None]
+    s[: m - k].masked_fill_(pos < start, 0.0)
+    s[k:].masked_fill_(pos >= start, 0.0)
+    out = s.sum(dim=0) / k
+    if not all_finite(out):  # the window's sum overflowed: average it without overflow
+        window = torch.gather(s, 0, start + torch.arange(k, device=S.device)[:, None])  # k x d
+        out = mean_rows(window)
+    return out.to(S.dtype)
+
+
+def meamed(G: Tensor, f: int) -> Tensor:
+    """Mean around the median (Xie, Koyejo, Gupta 2018, "Generalized Byzantine-tolerant SGD",
+    arXiv:1802.10116; ByzFL ``Meamed(f)``) of ``G: Tensor[n, d]`` -> ``Tensor[d]``.
+
+    Per coordinate ``k``: ``med_k`` is the median of ``x_1k..x_nk`` (even ``n``: the mean of the two
+    middle values, as numpy's median and ByzFL); the output is the mean of the ``n - f`` values
+    with the smallest ``|x_ik - med_k|``. Requires ``f < n/2`` (``n > 2f``); ``f = 0`` is the mean.
+    Computed from one sort along the worker axis (:func:`median_window_mean`): O(nd log n).
+    Tie order: of two values equally far from the median, the smaller one is kept (ByzFL uses
+    ``argpartition``, whose choice among ties is unspecified; the output differs only on ties).
+    NaN sorts above ``+inf``: with at most ``f`` rows holding NaN/±inf, no non-finite value enters
+    the window and the output lies within the coordinate-wise range of the finite values.
+    """
+    n, _ = check_batch(G, "meamed")
+    check_f(f, "meamed")
+    MAJORITY.check("meamed", n, f)
+    if f == 0:
+        return mean_rows(G)
+    return median_window_mean(sort_workers(G), n - f).to(G.device)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -71,12 +132,10 @@ class Median(Aggregator):
     """Coordinate-wise median (mean of the two middle values for even n); needs n > 2f."""
 
     name = "median"
+    requires = MAJORITY
 
     def __init__(self, f: int = 0):
         super().__init__(f)
-
-    def requirement(self, n: int) -> str | None:
-        return None if 2 * self.f < n else "n > 2f (f < n/2)"
 
     def aggregate(self, G: Tensor, ctx: AggregationContext) -> Tensor:
         return median(G)
@@ -97,12 +156,26 @@ class TrimmedMean(Aggregator):
     def requirement(self, n: int) -> str | None:
         if self.b < self.f:
             return f"b >= f (trim at least f values per side; b={self.b})"
-        if not 2 * self.b < n:
-            return f"n > 2b (b={self.b} values trimmed per side)" if self.b != self.f else "n > 2f (f < n/2)"
-        return None
+        if self.b == self.f:
+            return MAJORITY.problem(n, self.f)
+        return None if 2 * self.b < n else f"n > 2b (b={self.b} values trimmed per side, n={n})"
 
     def aggregate(self, G: Tensor, ctx: AggregationContext) -> Tensor:
         return trimmed_mean(G, self.b)
 
     def __repr__(self) -> str:
         return f"TrimmedMean(f={self.f}, b={self.b})"
+
+
+@AGGREGATORS.register("meamed")
+class Meamed(Aggregator):
+    """Mean around the median (Xie et al. 2018): per coordinate, the mean of the n-f values closest to the median; needs n > 2f."""
+
+    name = "meamed"
+    requires = MAJORITY
+
+    def __init__(self, f: int = 0):
+        super().__init__(f)
+
+    def aggregate(self, G: Tensor, ctx: AggregationContext) -> Tensor:
+        return meamed(G, self.f)

@@ -20,8 +20,8 @@ from torch import Tensor
 from ..registry import ConfigError
 from . import _pairwise as P
 from ._finite import LOW_PRECISION, all_finite
-from .base import AGGREGATORS, AggregationContext, Aggregator
-from .distance import _config_float, _config_int, _req_half, _require
+from .base import AGGREGATORS, AggregationContext, Aggregator, config_float, config_int
+from .requirements import HALF
 
 __all__ = ["geometric_median", "centered_clipping", "GeometricMedian", "CenteredClipping"]
 
@@ -71,7 +71,7 @@ def geometric_median(
     n, d = P.check_batch(G, "geometric_median")
     if f is not None:
         P.check_f(f, "geometric_median")
-        _require("geometric_median", _req_half(n, f))
+        HALF.check("geometric_median", n, f)
     if not (isinstance(eps, (int, float)) and eps >= 0):
         raise ValueError(f"geometric_median: eps must be >= 0, got {eps!r}")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
@@ -215,7 +215,7 @@ def centered_clipping(G: Tensor, center: Tensor | None = None, tau: float = 10.0
     n, d = P.check_batch(G, "centered_clipping")
     if f is not None:
         P.check_f(f, "centered_clipping")
-        _require("centered_clipping", _req_half(n, f))
+        HALF.check("centered_clipping", n, f)
     if not (isinstance(tau, (int, float)) and tau > 0):
         raise ValueError(f"centered_clipping: tau must be > 0, got {tau!r}")
     if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
@@ -270,18 +270,16 @@ class GeometricMedian(Aggregator):
     """
 
     name = "geometric_median"
+    requires = HALF
 
     def __init__(self, f: int = 0, eps: float = 1e-6, max_iter: int = 100, nu: float = 0.0, init: str = "mean"):
         super().__init__(f)
-        _config_float(eps, "eps", positive=False)
-        _config_int(max_iter, "max_iter", 0)
-        _config_float(nu, "nu", positive=False)
+        config_float(eps, "eps", positive=False)
+        config_int(max_iter, "max_iter", 0)
+        config_float(nu, "nu", positive=False)
         if init not in ("mean", "zero"):
             raise ConfigError(f"aggregator.init must be 'mean' or 'zero' (ByzFL's start at the origin), got {init!r}")
         self.eps, self.max_iter, self.nu, self.init = float(eps), max_iter, float(nu), init
-
-    def requirement(self, n: int) -> str | None:
-        return _req_half(n, self.f)
 
     def aggregate(self, G: Tensor, ctx: AggregationContext) -> Tensor:
         weights = ctx.extras.get("weights") if ctx is not None else None
@@ -297,18 +295,16 @@ class CenteredClipping(Aggregator):
     """Centered clipping (Karimireddy et al. 2021): iters clipped steps from the previous round's output."""
 
     name = "centered_clipping"
+    # The paper proves robustness for a small constant Byzantine fraction; we enforce the
+    # breakdown bound f < n/2 (more Byzantine than honest rows can move the output at will).
+    requires = HALF
 
     def __init__(self, f: int = 0, tau: float = 10.0, iters: int = 3):
         super().__init__(f)
-        _config_float(tau, "tau", positive=True)
-        _config_int(iters, "iters", 0)
+        config_float(tau, "tau", positive=True)
+        config_int(iters, "iters", 0)
         self.tau, self.iters = float(tau), iters
         self.center: Tensor | None = None
-
-    def requirement(self, n: int) -> str | None:
-        # The paper proves robustness for a small constant Byzantine fraction; we enforce the
-        # breakdown bound f < n/2 (more Byzantine than honest rows can move the output at will).
-        return _req_half(n, self.f)
 
     def aggregate(self, G: Tensor, ctx: AggregationContext) -> Tensor:
         center = self.center

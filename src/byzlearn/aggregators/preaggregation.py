@@ -22,6 +22,7 @@ from ..registry import ConfigError
 from ._finite import LOW_PRECISION, all_finite, big_row_parts, check_batch, check_f, finite_rows, mean_rows, row_norms
 from ._pairwise import mix_rows
 from .base import PREAGGREGATORS, AggregationContext, PreAggregator
+from .requirements import MAJORITY
 
 __all__ = ["bucketing", "static_clip", "arc", "arc_clipped_count", "Bucketing", "Clipping", "ARC"]
 
@@ -162,8 +163,7 @@ def arc(G: Tensor, f: int, inplace: bool = False) -> Tensor:
     check_batch(G, "arc")
     check_f(f, "arc")
     n = G.shape[0]
-    if not 2 * f < n:
-        raise ValueError(f"arc needs n > 2f, got n={n}, f={f}")
+    MAJORITY.check("arc", n, f)
     inplace = inplace and _writable(G)
     if G.dtype in LOW_PRECISION:
         out = arc(G.float(), f).to(G.dtype)
@@ -238,14 +238,12 @@ class ARC(PreAggregator):
     """Adaptive robust clipping (Allouah et al. 2024): clip the floor(2(f/n)(n-f)) largest-norm rows; needs n > 2f."""
 
     name = "arc"
+    requires = MAJORITY
 
     def __init__(self, f: int = 0):
         if not isinstance(f, int) or isinstance(f, bool) or f < 0:
             raise ConfigError(f"pre-aggregator arc: f must be a non-negative integer, got {f!r}")
         super().__init__(f)
-
-    def requirement(self, n: int) -> str | None:
-        return None if 2 * self.f < n else "n > 2f (f < n/2)"
 
     def __call__(self, G: Tensor, ctx: AggregationContext) -> Tensor:
         return arc(G, self.f, inplace=ctx is not None and ctx.owns_batch)

@@ -11,14 +11,15 @@ optimiser): a 1-D best-effort maximisation by exploration with a fixed budget of
 
 The rule is probed with ``Aggregator.evaluate``, which restores the rule's state afterwards, so
 stateful rules (centered clipping, momentum-based rules) are not advanced by the probes. The probes
-see an ``AggregationContext`` with the round, the current parameters and a private generator (reset
-to one seed drawn from ``ctx.generator`` before every probe); the server's ``lr`` and
-``public_loss`` are not part of ``AttackContext``, so rules that need them cannot be probed yet.
+see the ``AggregationContext`` the engine will hand the rule (``AttackContext.aggregation``: round,
+parameters, ``lr``, the public batch, FLTrust's server update), with a private generator reset to one
+seed drawn from ``ctx.generator`` before every probe and ``owns_batch`` off (the probe buffer is reused).
 """
 
 # No ``from __future__ import annotations``: the registry checks config values against the real
 # annotation objects of the constructors.
 
+import dataclasses
 import math
 from typing import Any, Callable, Literal, get_args
 
@@ -151,7 +152,10 @@ class _OptimalAttack(Attack):
         # probe so that all strengths are compared under the same randomness (one draw from ctx.generator)
         seed = int(torch.randint(0, 2**62, (1,), generator=ctx.generator, device=ctx.generator.device))
         probe_gen = torch.Generator(device=honest.device)
-        agg_ctx = AggregationContext(round=ctx.round, params=ctx.params, generator=probe_gen)
+        if ctx.aggregation is not None:  # the context the rule will see (lr, public batch, FLTrust's server update)
+            agg_ctx = dataclasses.replace(ctx.aggregation, generator=probe_gen, owns_batch=False)
+        else:
+            agg_ctx = AggregationContext(round=ctx.round, params=ctx.params, generator=probe_gen)
         aggregator = ctx.aggregator
 
         def damage(tau: float) -> float:

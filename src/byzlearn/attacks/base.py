@@ -61,7 +61,7 @@ class Attack(Component):
         return f"{type(self).__name__}()"
 
 
-ATTACKS: Registry[Attack] = Registry("attack")
+ATTACKS: Registry[Attack] = Registry("attack", catalogue="byzlearn.catalogue")
 
 
 def build_attack(spec: str | dict[str, Any]) -> Attack:

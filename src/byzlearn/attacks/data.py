@@ -14,7 +14,7 @@ class LabelFlipAttack(Attack):
     """Label flipping: Byzantine workers compute true gradients on labels ``y' = (C - 1) - y``.
 
     For C = 10 classes this is ``y' = 9 - y``, as in epfml/byzantine-robust-noniid-optimizer
-    (``LableFlippingWorker`` with ``lambda t: 9 - t``; Karimireddy, He & Jaggi). The engine computes
+    (``LableFlippingWorker`` with ``lambda t: 9 - t``; Karimireddy, He & Jaggi, ICLR 2022). The engine computes
     the Byzantine workers' gradients on ``poison_labels(y, C)`` in the same batched pass as the
     honest ones; ``forge`` sends them unchanged. Not omniscient.
     """

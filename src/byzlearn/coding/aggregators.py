@@ -59,7 +59,7 @@ class DracoAggregator(Aggregator):
 
 @AGGREGATORS.register("draco_repetition")
 class DracoRepetition(DracoAggregator):
-    """DRACO repetition code (groups of 2s+1 redundant workers, majority vote); exact for <= s adversaries."""
+    """DRACO repetition code (groups of 2s+1 redundant workers, majority vote); exact for <= s adversaries (Chen et al., ICML 2018)."""
 
     name = "draco_repetition"
     code = "repetition"
@@ -75,7 +75,7 @@ class DracoRepetition(DracoAggregator):
 
 @AGGREGATORS.register("draco_cyclic")
 class DracoCyclic(DracoAggregator):
-    """DRACO cyclic code (DFT encoding, syndrome/locator decoding); exact for <= s adversaries, any n >= 2s+1."""
+    """DRACO cyclic code (DFT encoding, syndrome/locator decoding); exact for <= s adversaries, any n >= 2s+1 (Chen et al., ICML 2018)."""
 
     name = "draco_cyclic"
     code = "cyclic"

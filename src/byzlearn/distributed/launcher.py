@@ -49,7 +49,7 @@ PRELOAD = [
     "byzlearn.cli",
     "byzlearn.engine",
     "byzlearn.experiments.runner",
-    "byzlearn.experiments.plots",
+    "byzlearn.plots",
     "byzlearn.distributed.runtime",
     "byzlearn.distributed.server",
     "byzlearn.distributed.worker",

@@ -1,6 +1,5 @@
 """Engines that run rounds: the vectorised single-process simulator (and DRACO's variant of it)."""
 
-from .. import coding as _coding  # noqa: F401  (registers the DRACO aggregator names before configs are checked)
 from ..config import Config
 from ..data import Dataset
 from ..models.user import ModelSpec

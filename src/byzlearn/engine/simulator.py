@@ -37,7 +37,7 @@ from ..registry import ConfigError
 from .round import RoundDraw, apply_update, forge, place, replace_weights
 from .sampling import ShardSampler
 from .validate import resolve_device, validate
-from .work import client_count, local_sgd, make_momentum
+from .work import Momentum, client_count, local_sgd, make_momentum
 
 STREAMS = ("partition", "sample", "byzantine", "attack", "public", "aggregator", "clients")
 
@@ -113,6 +113,9 @@ class Simulator:
         # -- Byzantine behaviour, rule, server optimiser ----------------------------------------------
         self.attack = build_attack(cfg.attack)
         self.aggregator = build_aggregator(cfg.aggregator, f_default=self.f)
+        # the server's own momentum of its public-batch gradients (public_update: FLTrust), as a worker keeps one
+        wants = getattr(getattr(self.aggregator, "rule", self.aggregator), "needs_public_update", False)
+        self.public_momentum = Momentum(1, self.d, w.momentum, w.momentum_form) if w.momentum > 0 and wants else None
         self.aggregator.check(client_count(cfg) if self.fedavg else self.n)
         opt = {k: v for k, v in cfg.optimizer.items() if k != "name"}
         self.optimizer = OPTIMIZERS.build(cfg.optimizer["name"], opt, "optimizer", skip=("params",), params=[self.theta])
@@ -184,6 +187,41 @@ class Simulator:
         idx = self.public_idx[pick].to(self.device)
         return self._losses(P, self.x_train[idx], self.y_train[idx])
 
+    def public_update(self) -> Tensor:
+        """The server's own message ``Tensor[d]`` on fresh public minibatch(es) at ``theta``, computed as an
+        honest worker computes its message (FLTrust's ``g0``), hence a pseudo-gradient like the rows of ``G``.
+
+        D-SGD: the gradient on ``workers.batch_size`` public samples (FLTrust's server uses the clients'
+        batch size; ``data.public_batch`` is the size of ``public_loss``'s batches), through the server's
+        own momentum when ``workers.momentum > 0`` (kept, and checkpointed, for rules that declare
+        ``needs_public_update``); FedAvg: ``fedavg.local_steps`` local SGD steps, one
+        fresh public minibatch each, sending ``w_start - w_end``. The samples come from the ``public``
+        stream (checkpointed). Engine subclasses' per-worker effects (``heavy_tail``'s noise) do not apply.
+        """
+        if self.public_idx.numel() == 0:
+            raise ConfigError("this rule needs the server's root set: set data.public_size > 0")
+        P, B = self.public_idx.numel(), self.batch_size
+        steps = self.cfg.fedavg.local_steps if self.fedavg else 1
+        idx = torch.stack([self.public_idx[torch.randperm(P, generator=self.gens["public"])[:B]] for _ in range(steps)])
+        if self.fedavg:
+            return self.local_updates(idx.unsqueeze(1))[0][0].detach()  # [K, 1, B]: one client
+        g = Simulator.worker_gradients(self, idx)[0].detach()  # [1, B]: one worker
+        if self.public_momentum is not None:
+            g = self.public_momentum.step(g, torch.zeros(1, dtype=torch.long, device=g.device))
+        return g[0]
+
+    def _public_update_once(self):
+        """``public_update`` computed at its first call in the round and returned again to later calls
+        (an attack probing the rule and the rule itself see the same ``g0``; the stream moves once)."""
+        memo: list[Tensor] = []
+
+        def once() -> Tensor:
+            if not memo:
+                memo.append(self.public_update())
+            return memo[0]
+
+        return once
+
     def worker_gradients(self, idx: Tensor, poison: Tensor | None = None, workers: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Gradients ``Tensor[k, d]`` and losses ``Tensor[k]`` of k workers in one batched pass.
 
@@ -200,7 +238,12 @@ class Simulator:
 
     def aggregation_context(self) -> AggregationContext:
         return AggregationContext(
-            round=self.round, params=self.theta, lr=self.lr, public_loss=self.public_loss, generator=self.gens["aggregator"]
+            round=self.round,
+            params=self.theta,
+            lr=self.lr,
+            public_loss=self.public_loss,
+            public_update=self._public_update_once(),
+            generator=self.gens["aggregator"],
         )
 
     def _roles(self) -> tuple[Tensor, Tensor]:
@@ -354,6 +397,7 @@ class Simulator:
             "sampler": self.sampler.state_dict(),
             "generators": {k: g.get_state() for k, g in self.gens.items()},
             **({"momentum": self.momentum.state_dict()} if self.momentum is not None else {}),
+            **({"public_momentum": self.public_momentum.state_dict()} if self.public_momentum is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -371,3 +415,5 @@ class Simulator:
                 g.set_state(state["generators"][k])
         if self.momentum is not None:
             self.momentum.load_state_dict(state.get("momentum", {}), self.device)
+        if self.public_momentum is not None:
+            self.public_momentum.load_state_dict(state.get("public_momentum", {}), self.device)

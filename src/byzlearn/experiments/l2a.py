@@ -23,7 +23,7 @@ from .. import config as config_mod
 from ..data import Dataset
 from ..engine import make_simulator
 from ..learned.meta_train import from_sections, meta_train
-from .plots import plt
+from ..plots import plt
 
 AGGREGATOR_ROOT = Path("docs") / "reproductions" / "l2a-aggregators"
 ALIE = {"name": "alie", "z": 1.0}  # z fixed: the paper's default z is undefined at 7 of 10 Byzantine

@@ -290,10 +290,58 @@ def write_results(rows: list[dict[str, Any]], out: Path, wall: float, command: s
         f"{os.cpu_count()} cores, torch {torch.__version__}."
     )
     cmd = f"Command: `{command}`\n\n" if command else ""
+    worst = worst_attack_table(rows)
     (out / "results.md").write_text(
         "# Robustness matrix\n\nFinal test accuracy (%) per rule (rows) and attack / Byzantine count (columns); "
-        f"the config is `matrix.toml`, one run folder per cell under `cells/`.\n\n{cmd}{table}\n\n{meta}\n\n![heatmap](heatmap.png)\n"
+        f"the config is `matrix.toml`, one run folder per cell under `cells/`.\n\n{cmd}{worst}{table}\n\n{meta}\n\n"
+        "![heatmap](heatmap.png)\n"
     )
+
+
+def _setting_key(s: dict[str, Any]) -> str:
+    return f"{s['heterogeneity']}, m={s.get('momentum', 0.0)}, f={s['byzantine']}, seed {s['seed']}"
+
+
+def worst_attacks(rows: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[float, str]]:
+    """``{(rule, setting): (lowest final accuracy, attack)}`` over the attacks of each setting (heterogeneity,
+    momentum, Byzantine count, seed), ``none`` excluded: the number a user looks for."""
+    worst: dict[tuple[str, str], tuple[float, str]] = {}
+    for r in rows:
+        s = r["setting"]
+        if s["attack"] == "none" or s["byzantine"] == 0:
+            continue
+        key = (r["method"], _setting_key(s))
+        acc = r["final_test_accuracy"]
+        if key not in worst or acc < worst[key][0]:
+            worst[key] = (acc, s["attack"])
+    return worst
+
+
+def worst_attack_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: per rule, its worst attack in each setting (final test accuracy %, the attack in brackets), and
+    its accuracy without attack beside it (``/ none``) when the matrix has that cell; empty without attacks."""
+    worst = worst_attacks(rows)
+    if not worst:
+        return ""
+    clean = {(r["method"], _setting_key(r["setting"])): r["final_test_accuracy"] for r in rows if r["setting"]["attack"] == "none"}
+    settings = list(dict.fromkeys(k[1] for k in worst))
+    methods = list(dict.fromkeys(k[0] for k in worst))
+    lines = ["| rule | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
+    for m in methods:
+        cells = []
+        for st in settings:
+            if (m, st) not in worst:
+                cells.append("")
+                continue
+            acc, attack = worst[(m, st)]
+            base = f" / {100 * clean[(m, st)]:.1f}" if (m, st) in clean else ""
+            cells.append(f"{100 * acc:.1f} ({attack}){base}")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    head = (
+        "## Worst attack per rule\n\nFinal test accuracy (%) under the strongest attack of each setting, which is named"
+        ", then (after the slash) the same rule without attack.\n\n"
+    )
+    return head + "\n".join(lines) + "\n\n## Every cell\n\n"
 
 
 def _heatmap(

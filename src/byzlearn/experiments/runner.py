@@ -33,8 +33,8 @@ from ..config import Config
 from ..data import Dataset
 from ..engine import Simulator, make_simulator
 from ..models.user import ModelSpec
+from ..plots import plot_run
 from ..registry import ConfigError
-from .plots import plot_run
 
 CONFIG, METRICS, CHECKPOINT, SUMMARY, PLOT = "config.toml", "metrics.jsonl", "checkpoint.pt", "summary.json", "curves.png"
 

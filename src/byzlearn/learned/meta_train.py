@@ -329,7 +329,7 @@ def _checkpoint(
 
 
 def plot_history(history: list[dict[str, Any]], path: Path, title: str) -> Path:
-    from ..experiments.plots import plt
+    from ..plots import plt
 
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     tr = [h for h in history if "meta_loss" in h and math.isfinite(h["meta_loss"])]
