@@ -1,66 +1,95 @@
-"""Time every registered aggregation rule (and pre-aggregator + mean) against ``mean``.
+"""Time every registered aggregation rule (and pre-aggregator + mean) against ``mean``, ByzFL and Flower.
 
-For each ``n`` in {10, 45, 100} and ``d`` in {1e5, 1e6} (float32 Gaussian ``G: Tensor[n, d]``,
-``f = max(1, floor((n - 3) / 4))`` so that Bulyan's ``n >= 4f + 3`` holds), every rule registered in
-``AGGREGATORS`` at run time is built with ``build_aggregator({"name": rule}, f)`` and timed: one
-warm-up call, then the median of ``--repeats`` calls (CUDA synchronised). The table reports the
-time as a ratio to ``mean`` measured in the same run, with the absolute time in milliseconds.
-Rules whose requirement on ``(n, f)`` fails are shown as ``-``; MDA (exponential in f) runs only
-for ``n <= 25``; rules that cannot be built from defaults (learned rules, say) are listed as n/a.
-Pre-aggregators (nnm, bucketing, clipping, arc) are timed as ``pre+mean`` chains. ``zeno`` gets a
-quadratic public loss ``0.5 ||θ - t||²`` evaluated on the ``n + 1`` candidate parameter vectors.
+For each ``n`` in {10, 45, 100} and ``d`` in {1e5, 1e6} (float32 Gaussian ``G: Tensor[n, d]`` from
+``torch.randn`` with a seeded generator, ``f = max(1, floor((n - 3) / 4))`` so that Bulyan's
+``n >= 4f + 3`` holds), every rule registered in ``AGGREGATORS`` at run time is built with
+``build_aggregator({"name": rule}, f)`` and timed: one warm-up call, then the median of ``--repeats``
+calls (CUDA synchronised); a call whose warm-up takes more than ``--long`` seconds (5) is not
+repeated and the warm-up is the figure (``calls = 1`` in the JSON). The table reports the time as a
+ratio to byzlearn's ``mean`` measured in the same run, with the absolute time in milliseconds.
+Rules whose requirement on ``(n, f)`` fails are shown as ``-`` with the requirement (SMEA's is
+``C(n, f) <= SMEA_MAX_SUBSETS``); MDA (exponential in f) runs only for ``n <= 25``; rules that cannot
+be built from defaults (learned rules) are listed as n/a. Pre-aggregators (nnm, bucketing, clipping,
+arc) are timed as ``pre+mean`` chains. ``zeno`` gets a quadratic public loss ``0.5 ||θ - t||²``
+evaluated on the ``n + 1`` candidate parameter vectors; ``fltrust`` gets a fixed server update
+``g0 ~ N(0, I_d)`` (``AggregationContext.public_update``, computed once, outside the timed region, as
+the engine computes it once per round). SMEA enumerates ``C(n, f)`` subsets, so it is also timed at
+the extra sizes ``--smea-n`` (15, 19, 23: f = 3, 4, 5), where ByzFL's enumeration may still finish.
+
+Anchors (the same batch, the same process order, one after the other):
+
+* ``--byzfl``: ByzFL 0.0.11's aggregators in its own venv (``--byzfl-python``, default
+  ``/work/byzfl-venv/bin/python``, made by ``bash benchmarks/byzfl_env.sh``). For every ``(n, d)`` this
+  script runs itself there with ``--byzfl-worker`` (which imports torch and byzfl, not byzlearn),
+  rebuilds the same ``G`` from the same seed (checked: the float64 sum of ``G`` must match) and times
+  ByzFL's objects, each called as ``obj(G)``: ``Median()``, ``TrMean(f)``, ``GeometricMedian(nu=0.1,
+  T=3)``, ``Krum(f)``, ``MultiKrum(f)``, ``CenteredClipping(L=1, tau=100.0)`` (stateful), ``MDA(f)``,
+  ``MoNNA(f, idx=0)``, ``Meamed(f)``, ``CAF(f)``, ``SMEA(f)``, and ``Average()`` after the
+  pre-aggregators ``NNM(f)``, ``Bucketing(s=2)``, ``Clipping(c=2.0)``, ``ARC(f)`` (Clipping and ARC
+  overwrite their input: both libraries' in-place chains get a fresh copy made outside the timed
+  region). ByzFL's SMEA runs only where its enumeration is predicted to finish within
+  ``--smea-budget`` seconds (60): the cost of one subset is measured as ``SMEA(1)`` on the first
+  ``n - f + 1`` rows (``n - f + 1`` subsets of the same size ``n - f``) and multiplied by ``C(n, f)``.
+  ByzFL's NNM materialises an ``n x n x d`` tensor; it is skipped (with a note) above ``--byzfl-nnm-gib``
+  GiB (8). ByzFL's package ``__init__`` imports its training framework, which does ``from torchvision
+  import datasets, transforms``; the torchvision wheel pip resolves next to torch 2.13.0 fails at
+  import, so the worker installs an inert stub ``torchvision`` in ``sys.modules`` first.
+* ``--flower``: the rule code of Flower 1.42's built-in Message-API strategies
+  (``flwr.serverapp.strategy``), called on the same batch as numpy arrays: one client = one
+  single-layer parameter list ``[G[i].numpy()]`` (views, no copy), wrapped in a minimal stand-in for a
+  reply ``RecordDict`` whose ``ArrayRecord.to_numpy_ndarrays()`` / ``Array.numpy()`` return those arrays.
+  What is timed is Flower's rule without the ``.npy`` decoding of the replies and without encoding the
+  result (``benchmarks/flower_compare.py`` times the whole ``aggregate_train`` step):
+  ``FedMedian``: ``np.median(np.stack(layers), axis=0)`` (its ``aggregate_train`` body);
+  ``FedTrimmedAvg(beta = f/n)``: ``fedtrimmedavg.trim_mean(np.stack(layers), beta)``;
+  ``Krum(f)`` / ``MultiKrum(f, m = n - f)``: ``multikrum.select_multikrum`` then
+  ``strategy_utils.aggregate_arrayrecords`` (its final ``Array`` / ``ArrayRecord`` encoding replaced by
+  pass-throughs); ``Bulyan(f)``: ``select_multikrum(theta = n - 2f)``, ``np.median`` and
+  ``bulyan.aggregate_n_closest_weights`` (its ``aggregate_train`` body); ``FedAvg`` (the mean anchor):
+  ``aggregate_arrayrecords`` with equal ``num-examples``. Flower's legacy
+  ``flwr.server.strategy.aggregate.aggregate_krum`` (an ``n^2`` Python loop of ``np.linalg.norm``) is not
+  what the 1.42 strategies call and is not timed.
+
+Targets (issue 16; a table after the main one): every rule at least as fast as the fastest anchor's
+version at n = 45, d = 1e6 (MDA at n = 10), with the number of cells of the grid where that holds;
+CAF and SMEA at least 5x ByzFL (SMEA at the largest n where ByzFL's enumeration ran, d = 1e6).
 
 Usage (from the repository root)::
 
-    .venv/bin/python benchmarks/aggregators.py                  # full CPU sweep (minutes)
-    .venv/bin/python benchmarks/aggregators.py --quick          # smoke check, seconds
+    .venv/bin/python benchmarks/aggregators.py --byzfl --flower --json benchmarks/results-aggregators-cpu.json
+    .venv/bin/python benchmarks/aggregators.py --quick --byzfl --flower      # smoke check, seconds
     .venv/bin/python benchmarks/aggregators.py --device cuda --d 1000000 10000000 --json out.json
     .venv/bin/python benchmarks/aggregators.py --n 10 45 --d 100000 --repeats 7 --rules median krum
-
-ByzFL comparison (``--byzfl``): ByzFL is installed in a separate venv (it pins its own
-dependencies; byzlearn's venv must not be touched)::
-
-    python3 -m venv /work/byzfl-venv
-    /work/byzfl-venv/bin/pip install torch==2.13.0 byzfl     # torch pinned: pip keeps the CPU wheel
-    PYTHONPATH=src /work/byzfl-venv/bin/python benchmarks/aggregators.py --byzfl --quick
-
-ByzFL's package ``__init__`` imports its training framework, which does ``from torchvision import
-datasets, transforms``; the torchvision wheel pip resolves next to torch 2.13.0 fails at import
-(``operator torchvision::nms does not exist``). Only the aggregators are needed here, so this
-script installs a stub ``torchvision`` module in ``sys.modules`` before importing byzfl (every
-attribute of the stub is an inert placeholder: byzfl builds some transforms at import time).
-ByzFL API: ``byzfl.Median()``, ``byzfl.TrMean(f)``, ``byzfl.GeometricMedian(nu=0.1, T=3)``,
-``byzfl.Krum(f)``, ``byzfl.MultiKrum(f)``, ``byzfl.CenteredClipping(m=None, L=1, tau=100.0)``
-(stateful: keeps ``m``), ``byzfl.MDA(f)``, ``byzfl.Meamed(f)``, pre-aggregators ``byzfl.NNM(f)``,
-``byzfl.Bucketing(s)``, ``byzfl.Clipping(c=2.0)`` (c must be a float), ``byzfl.ARC(f)``; every
-object is called as ``obj(vectors)`` with ``vectors`` a ``Tensor[n, d]`` (or numpy array / list)
-and returns a ``Tensor[d]`` (rules) or ``Tensor[m, d]`` (pre-aggregators; Clipping and ARC modify
-their input in place, so they get a fresh copy, made outside the timed region).
 """
 
+from __future__ import annotations
+
 import argparse
+import contextlib
 import dataclasses
 import json
+import math
 import os
+import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import types
 from pathlib import Path
 
 import torch
 
-try:
-    from byzlearn.aggregators import AGGREGATORS, PREAGGREGATORS, AggregationContext, build_aggregator
-except ImportError:  # run from a checkout without the package installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from byzlearn.aggregators import AGGREGATORS, PREAGGREGATORS, AggregationContext, build_aggregator
-
+ROOT = Path(__file__).resolve().parents[1]
 PRE_NAMES = ("nnm", "bucketing", "clipping", "arc")
 # chains whose pre-aggregator overwrites a batch it is handed (ctx.owns_batch, as the engine does);
 # they are timed on a fresh copy made outside the timed region, like ByzFL's in-place Clipping/ARC
 INPLACE_PRE = ("clipping+mean", "arc+mean")
 MDA_MAX_N = 25
+BYZFL_PYTHON = "/work/byzfl-venv/bin/python"
+TARGET_N, TARGET_D = 45, 1_000_000
+SPEEDUP_5X = ("caf", "smea")  # issue 16: at least 5x ByzFL
 
 
 def default_f(n: int) -> int:
@@ -72,11 +101,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_call(fn, device, repeats: int, prepare=None) -> float:
-    """Median wall time in seconds of ``fn(arg)`` after one warm-up; ``prepare()`` makes ``arg`` untimed."""
+def time_call(fn, device, repeats: int, prepare=None, long_s: float = 5.0) -> tuple[float, int]:
+    """``(median seconds, calls)`` of ``fn(arg)`` after one warm-up; ``prepare()`` makes ``arg`` untimed.
+
+    A warm-up longer than ``long_s`` is the measurement (``calls = 1``)."""
     arg = prepare() if prepare else None
+    sync(device)
+    t0 = time.perf_counter()
     fn(arg)
     sync(device)
+    first = time.perf_counter() - t0
+    if first > long_s:
+        return first, 1
     times = []
     for _ in range(repeats):
         arg = prepare() if prepare else None
@@ -85,22 +121,66 @@ def time_call(fn, device, repeats: int, prepare=None) -> float:
         fn(arg)
         sync(device)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(times), repeats
 
 
-def make_context(d: int, device: torch.device) -> AggregationContext:
+def cpu_snapshot() -> tuple[float, float, float] | None:
+    """``(busy CPU seconds of the whole machine, CPU seconds of this process and its waited-for children, wall)``."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)  # all but idle and iowait
+    t = os.times()
+    return busy / os.sysconf("SC_CLK_TCK"), t.user + t.system + t.children_user + t.children_system, time.monotonic()
+
+
+def foreign_cores(start, end) -> float | None:
+    """Average number of cores other processes kept busy between two ``cpu_snapshot``s (the contention)."""
+    if start is None or end is None or end[2] - start[2] < 0.5:  # /proc/stat counts 10 ms ticks: too coarse below
+        return None
+    return max(0.0, ((end[0] - start[0]) - (end[1] - start[1])) / (end[2] - start[2]))
+
+
+def make_batch(n: int, d: int, seed: int) -> torch.Tensor:
+    """The benchmark batch: the same bits in this process and in the ByzFL worker (same torch)."""
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+
+
+def checksum(G: torch.Tensor) -> float:
+    return float(G.double().sum())
+
+
+# ---------------------------------------------------------------------------------------------- byzlearn
+def _byzlearn():
+    try:
+        from byzlearn.aggregators import AGGREGATORS, PREAGGREGATORS, AggregationContext, build_aggregator
+    except ImportError:  # run from a checkout without the package installed
+        sys.path.insert(0, str(ROOT / "src"))
+        from byzlearn.aggregators import AGGREGATORS, PREAGGREGATORS, AggregationContext, build_aggregator
+    return AGGREGATORS, PREAGGREGATORS, AggregationContext, build_aggregator
+
+
+def make_context(d: int, device: torch.device, seed: int = 0):
+    AggregationContext = _byzlearn()[2]
     target = torch.ones(d, device=device)
+    g0 = torch.randn(d, generator=torch.Generator().manual_seed(seed + 1)).to(device)  # FLTrust's server update
 
     def public_loss(P):
         return 0.5 * ((P - target) ** 2).sum(dim=1)
 
     return AggregationContext(
-        params=torch.zeros(d, device=device), lr=0.1, public_loss=public_loss, generator=torch.Generator().manual_seed(0)
+        params=torch.zeros(d, device=device),
+        lr=0.1,
+        public_loss=public_loss,
+        public_update=lambda: g0,
+        generator=torch.Generator(device=device).manual_seed(seed),
     )
 
 
 def byzlearn_candidates(n: int, f: int, only: set[str] | None):
     """(label, aggregator or None, reason) for every registered rule and pre-aggregator chain."""
+    AGGREGATORS, PREAGGREGATORS, _, build_aggregator = _byzlearn()
     out = []
     for name in AGGREGATORS.names():
         if only and name not in only:
@@ -125,7 +205,161 @@ def byzlearn_candidates(n: int, f: int, only: set[str] | None):
     return out
 
 
-# ---------------------------------------------------------------------------------------------- ByzFL
+def time_byzlearn(G, n, d, f, ctx, only, device, args, results, timings, grid):
+    cands = byzlearn_candidates(n, f, only)
+    cands.sort(key=lambda c: c[0] != "mean")  # mean first: the reference
+    for label, agg, note in cands:
+        row = dict(impl="byzlearn", rule=label, n=n, d=d, f=f, grid=grid, ms=None, ratio=None, calls=0, note=note)
+        if agg is None:
+            results.append(row)
+            continue
+        try:
+            with torch.no_grad():
+                if label in INPLACE_PRE:  # as in the engine: the batch is handed over (a copy made untimed)
+                    owned = dataclasses.replace(ctx, owns_batch=True)
+                    sec, calls = time_call(lambda X, agg=agg, owned=owned: agg(X, owned), device, args.repeats, G.clone, args.long)
+                else:
+                    sec, calls = time_call(lambda _, agg=agg: agg(G, ctx), device, args.repeats, None, args.long)
+        except Exception as e:
+            row["note"] = f"n/a ({type(e).__name__}: {str(e).split(':')[0][:100]})"
+            row["error"] = f"{type(e).__name__}: {e}"
+            results.append(row)
+            print(f"  n={n:4d} d={d:>9d} f={f:3d} {label:<22s} {row['note']}", file=sys.stderr, flush=True)
+            continue
+        timings[label] = sec
+        row.update(ms=sec * 1e3, calls=calls)
+        results.append(row)
+        print(f"  n={n:4d} d={d:>9d} f={f:3d} {label:<22s} {sec * 1e3:10.2f} ms", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- Flower
+class _Arr:
+    """Stand-in for ``flwr.app.Array``: ``.numpy()`` returns the (already decoded) array."""
+
+    def __init__(self, a):
+        self.a = a
+
+    def numpy(self):
+        return self.a
+
+
+class _Rec(dict):
+    """Stand-in for an ``ArrayRecord``: key -> ``_Arr``; ``to_numpy_ndarrays`` without decoding."""
+
+    def to_numpy_ndarrays(self, keep_input: bool = True):
+        return [v.a for v in self.values()]
+
+
+class _Content:
+    """Stand-in for a reply's ``RecordDict``: one ArrayRecord ``arrays``, one MetricRecord ``metrics``."""
+
+    def __init__(self, arrays: list, num_examples: int = 10):
+        self.array_records = {"arrays": _Rec({f"layer{i}": _Arr(a) for i, a in enumerate(arrays)})}
+        self.metric_records = {"metrics": {"num-examples": num_examples}}
+
+    def __getitem__(self, key):
+        return self.array_records[key]
+
+
+@contextlib.contextmanager
+def _no_encoding():
+    """``aggregate_arrayrecords`` builds ``ArrayRecord({k: Array(v)})`` (serialising): pass-throughs while timing."""
+    from flwr.serverapp.strategy import strategy_utils
+
+    saved = strategy_utils.Array, strategy_utils.ArrayRecord
+    strategy_utils.Array, strategy_utils.ArrayRecord = (lambda v: v), dict
+    try:
+        yield
+    finally:
+        strategy_utils.Array, strategy_utils.ArrayRecord = saved
+
+
+def flower_candidates(n: int, f: int):
+    """(label, fn(contents) -> list of numpy arrays, description) for Flower 1.42's built-in strategies."""
+    import numpy as np
+    from flwr.serverapp.strategy.bulyan import aggregate_n_closest_weights
+    from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
+    from flwr.serverapp.strategy.multikrum import select_multikrum
+    from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+    beta = f / n
+    if int(beta * n) != f:  # FedTrimmedAvg cuts int(beta * n) per side
+        beta = math.nextafter(beta, 1.0)
+    assert int(beta * n) == f
+
+    def layers_of(contents):
+        keys = list(contents[0]["arrays"].keys())
+        return keys, [[c["arrays"][k].numpy() for c in contents] for k in keys]
+
+    def fedmedian(contents):
+        return [np.asarray(np.median(np.stack(layers), axis=0)) for layers in layers_of(contents)[1]]
+
+    def fedtrimmedavg(contents):
+        return [np.asarray(trim_mean(np.stack(layers), beta)) for layers in layers_of(contents)[1]]
+
+    def multikrum(m):
+        def run(contents):
+            return aggregate_arrayrecords(select_multikrum(contents, num_malicious_nodes=f, num_nodes_to_select=m), "num-examples")
+
+        return run
+
+    def bulyan(contents):
+        theta = len(contents) - 2 * f
+        beta_b = theta - 2 * f
+        selected = select_multikrum(contents, f, theta)
+        nd = [c["arrays"].to_numpy_ndarrays(keep_input=False) for c in selected]
+        median = [np.median(arr, axis=0) for arr in zip(*nd, strict=True)]
+        return [np.asarray(a) for a in aggregate_n_closest_weights(median, nd, beta_b)]
+
+    def fedavg(contents):
+        return aggregate_arrayrecords(contents, "num-examples")
+
+    out = [
+        ("mean", fedavg, "FedAvg: aggregate_arrayrecords (equal num-examples)"),
+        ("median", fedmedian, "FedMedian: np.median(np.stack(layers), axis=0)"),
+        ("trimmed_mean", fedtrimmedavg, f"FedTrimmedAvg(beta={beta:.6g}): trim_mean(np.stack(layers), beta)"),
+        ("krum", multikrum(1), "Krum: select_multikrum(m=1) + aggregate_arrayrecords"),
+        ("multi_krum", multikrum(n - f), f"MultiKrum(m={n - f}): select_multikrum + aggregate_arrayrecords"),
+    ]
+    if n >= 4 * f + 3:
+        out.append(("bulyan", bulyan, "Bulyan: select_multikrum(theta) + np.median + aggregate_n_closest_weights"))
+    return out
+
+
+def time_flower(G, n, d, f, only, args, results):
+    contents = [_Content([row]) for row in G.numpy()]  # views of G, no copy
+    with _no_encoding():
+        for label, fn, what in flower_candidates(n, f):
+            if only and label not in only:
+                continue
+            row = dict(impl="flower", rule=label, n=n, d=d, f=f, grid="main", ms=None, ratio=None, calls=0, note=what)
+            try:
+                sec, calls = time_call(lambda _, fn=fn: fn(contents), torch.device("cpu"), args.repeats, None, args.long)
+                row.update(ms=sec * 1e3, calls=calls)
+                print(f"  n={n:4d} d={d:>9d} f={f:3d} flower:{label:<15s} {sec * 1e3:10.2f} ms", file=sys.stderr, flush=True)
+            except Exception as e:
+                row["note"] = f"error: {type(e).__name__}: {e}; {what}"
+            results.append(row)
+
+
+def flower_check(G, f) -> dict:
+    """Largest |Flower - byzlearn| per rule on this batch (a sanity check that the two compute the same rule)."""
+    import numpy as np
+
+    _, _, AggregationContext, build_aggregator = _byzlearn()
+    n = G.shape[0]
+    contents = [_Content([row]) for row in G.numpy()]
+    out = {}
+    with _no_encoding():
+        for label, fn, _ in flower_candidates(n, f):
+            res = fn(contents)
+            flat = np.concatenate([np.asarray(v).ravel() for v in (res.values() if isinstance(res, dict) else res)])
+            mine = build_aggregator({"name": label}, f_default=f)(G, AggregationContext()).numpy()
+            out[label] = float(np.abs(flat.astype(np.float64) - mine.astype(np.float64)).max())
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- ByzFL (worker side)
 def _install_torchvision_stub() -> None:
     class _Placeholder:
         def __init__(self, name):
@@ -154,9 +388,9 @@ def _install_torchvision_stub() -> None:
         sys.modules[f"torchvision.{sub}"] = mod
 
 
-def byzfl_candidates(n: int, f: int):
-    _install_torchvision_stub()
-    import byzfl  # noqa: F401  (after the stub)
+def byzfl_candidates(n: int, f: int, d: int, G, args):
+    """(label, callable or None, in-place?, note) for ByzFL's versions of byzlearn's rules."""
+    import byzfl
 
     avg = byzfl.Average()
     rules = {
@@ -167,6 +401,10 @@ def byzfl_candidates(n: int, f: int):
         "multi_krum": lambda: byzfl.MultiKrum(f=f),
         "centered_clipping": lambda: byzfl.CenteredClipping(L=1, tau=100.0),
         "mda": lambda: byzfl.MDA(f=f),
+        "monna": lambda: byzfl.MoNNA(f=f, idx=0),
+        "meamed": lambda: byzfl.Meamed(f=f),
+        "caf": lambda: byzfl.CAF(f=f),
+        "smea": lambda: byzfl.SMEA(f=f),
     }
     pres = {
         "nnm+mean": (lambda: byzfl.NNM(f=f), False),
@@ -178,11 +416,228 @@ def byzfl_candidates(n: int, f: int):
     for label, make in rules.items():
         if label == "mda" and n > MDA_MAX_N:
             continue
-        out.append((label, make(), False))
+        if label == "smea" and 2 * f < n:
+            subsets = math.comb(n, f)
+            m = n - f  # one subset's rows; SMEA(1) on m + 1 rows enumerates m + 1 subsets of m rows
+            with torch.no_grad():
+                t0 = time.perf_counter()
+                byzfl.SMEA(f=1)(G[: m + 1])
+                per_subset = (time.perf_counter() - t0) / (m + 1)
+            est = subsets * per_subset
+            say = f"estimate {subsets:,} subsets x {per_subset * 1e3:.3g} ms = {est:.3g} s"
+            print(f"  n={n:4d} d={d:>9d} f={f:3d} byzfl:smea {say}", file=sys.stderr)
+            if est > args.smea_budget:
+                note = f"C({n},{f}) = {subsets:,} subsets x {per_subset * 1e3:.3g} ms: est. {est:.3g} s > {args.smea_budget:g} s"
+                out.append((label, None, False, note))
+                continue
+        out.append((label, make(), False, ""))
+    nnm_gib = n * n * d * G.element_size() / 2**30
     for label, (make, inplace) in pres.items():
+        if label == "nnm+mean" and nnm_gib > args.byzfl_nnm_gib:
+            out.append((label, None, False, f"skipped: ByzFL's NNM materialises n x n x d ({nnm_gib:.1f} GiB)"))
+            continue
         pre = make()
-        out.append((label, (lambda p: lambda X: avg(p(X)))(pre), inplace))
+        out.append((label, (lambda p: lambda X: avg(p(X)))(pre), inplace, ""))
     return out
+
+
+def byzfl_worker(args) -> int:
+    """Inside the ByzFL venv: time ByzFL's rules on the batch of each (n, d); write the rows to ``--json``."""
+    _install_torchvision_stub()
+    import byzfl
+
+    torch.manual_seed(args.seed)  # ByzFL's CAF / SMEA draw their power-iteration start from the global stream
+    only = set(args.rules) if args.rules else None
+    device = torch.device("cpu")
+    rows, sums = [], {}
+    for n in args.n:
+        f = default_f(n)
+        for d in [int(x) for x in args.d]:
+            G = make_batch(n, d, args.seed)
+            sums[f"{n},{d}"] = checksum(G)
+            for label, fn, inplace, note in byzfl_candidates(n, f, d, G, args):
+                if only and label not in only:
+                    continue
+                row = dict(impl="byzfl", rule=label, n=n, d=d, f=f, ms=None, ratio=None, calls=0, note=note)
+                if fn is not None:
+                    try:
+                        with torch.no_grad():
+                            prep = (lambda G=G: G.clone()) if inplace else (lambda G=G: G)
+                            sec, calls = time_call(fn, device, args.repeats, prep, args.long)
+                        row.update(ms=sec * 1e3, calls=calls)
+                        print(f"  n={n:4d} d={d:>9d} f={f:3d} byzfl:{label:<16s} {sec * 1e3:10.2f} ms", file=sys.stderr, flush=True)
+                    except Exception as e:
+                        row["note"] = f"error: {type(e).__name__}: {str(e)[:300]}"
+                        print(f"  n={n:4d} d={d:>9d} f={f:3d} byzfl:{label:<16s} {row['note']}", file=sys.stderr, flush=True)
+                rows.append(row)
+            del G
+    version = getattr(byzfl, "__version__", None) or _dist_version("byzfl")
+    meta = dict(byzfl=version, torch=torch.__version__, threads=torch.get_num_threads())
+    args.json.write_text(json.dumps(dict(meta=meta, checksums=sums, results=rows)))
+    return 0
+
+
+def _dist_version(name: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(name)
+    except Exception:
+        return None
+
+
+def run_byzfl(n: int, d: int, G, args, rules: list[str] | None) -> tuple[list[dict], dict]:
+    """Run the ByzFL worker for one (n, d) in the ByzFL venv; its rows, tagged, and its meta."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "byzfl.json"
+        cmd = [args.byzfl_python, str(Path(__file__).resolve()), "--byzfl-worker", "--n", str(n), "--d", str(d)]
+        cmd += ["--seed", str(args.seed), "--repeats", str(args.repeats), "--long", str(args.long), "--json", str(out)]
+        cmd += ["--smea-budget", str(args.smea_budget), "--byzfl-nnm-gib", str(args.byzfl_nnm_gib)]
+        if rules:
+            cmd += ["--rules", *rules]
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        proc = subprocess.run(cmd, env=env, cwd=str(ROOT))
+        if proc.returncode != 0 or not out.exists():
+            raise RuntimeError(f"ByzFL worker failed (exit {proc.returncode}): {' '.join(cmd)}")
+        data = json.loads(out.read_text())
+    theirs, mine = data["checksums"][f"{n},{d}"], checksum(G)
+    if theirs != mine:
+        raise RuntimeError(f"ByzFL worker built a different batch (sum {theirs!r} != {mine!r}): not the same torch?")
+    return data["results"], data["meta"]
+
+
+# ---------------------------------------------------------------------------------------------- report
+def _short(note: str) -> str:
+    """A table cell's reason: a requirement's condition without its explanation in brackets."""
+    cut = note.find(" (", 20)
+    return note[:cut] if len(note) > 70 and cut > 0 else note
+
+
+def _cell(r) -> str:
+    if r is None:
+        return ""
+    if r["ms"] is None:
+        return f"- ({_short(r['note'])})" if r["note"] else "-"
+    ratio = f"{r['ratio']:.1f}x" if r["ratio"] is not None else "?"
+    return f"{ratio} ({r['ms']:.3g})"
+
+
+def table(results, cols, grid: str) -> list[str]:
+    keys = []
+    for r in results:
+        k = (r["impl"], r["rule"])
+        if r["grid"] == grid and k not in keys:
+            keys.append(k)
+    order = {"byzlearn": 0, "byzfl": 1, "flower": 2}
+    keys.sort(key=lambda k: order[k[0]])
+    lines = ["| rule | " + " | ".join(f"n={n}, d={d:.0e}" for n, d in cols) + " |", "|---|" + "---|" * len(cols)]
+    untimed = []
+    for impl, rule in keys:
+        mine = [x for x in results if x["grid"] == grid and (x["impl"], x["rule"]) == (impl, rule)]
+        if mine and all(x["ms"] is None for x in mine) and len({x["note"] for x in mine}) == 1:
+            untimed.append(f"{rule if impl == 'byzlearn' else f'{impl}: {rule}'}: {mine[0]['note']}")
+            continue
+        cells = []
+        for n, d in cols:
+            r = next((x for x in results if x["grid"] == grid and (x["impl"], x["rule"], x["n"], x["d"]) == (impl, rule, n, d)), None)
+            cells.append(_cell(r))
+        label = rule if impl == "byzlearn" else f"{impl}: {rule}"
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if untimed:
+        lines += ["", "Not timed: " + "; ".join(untimed) + "."]
+    return lines
+
+
+def targets(results) -> tuple[list[str], list[dict]]:
+    """Issue 16's targets: byzlearn >= the fastest anchor (n = 45, d = 1e6; MDA n = 10); CAF, SMEA >= 5x ByzFL."""
+
+    def find(impl, rule, n, d):
+        return next((r for r in results if (r["impl"], r["rule"], r["n"], r["d"]) == (impl, rule, n, d) and r["ms"] is not None), None)
+
+    rules = [r["rule"] for r in results if r["impl"] == "byzlearn"]
+    rules = list(dict.fromkeys(rules))
+    anchored = [x for x in rules if any(r["impl"] != "byzlearn" and r["rule"] == x and r["ms"] is not None for r in results)]
+    rows, out = [], []
+    for rule in anchored:
+        n, d = TARGET_N, TARGET_D
+        if rule == "mda":
+            n = 10
+        if rule == "smea":  # the largest n where ByzFL's enumeration ran at d = 1e6 (else 1e5)
+            ran = [r for r in results if r["impl"] == "byzfl" and r["rule"] == "smea" and r["ms"] is not None]
+            big = [r for r in ran if r["d"] == TARGET_D] or ran
+            if not big:
+                continue
+            best = max(big, key=lambda r: (r["n"], r["d"]))
+            n, d = best["n"], best["d"]
+        mine = find("byzlearn", rule, n, d)
+        anchors = [a for a in (find("byzfl", rule, n, d), find("flower", rule, n, d)) if a is not None]
+        if mine is None or not anchors:
+            continue
+        fastest = min(anchors, key=lambda a: a["ms"])
+        speedup = fastest["ms"] / mine["ms"]
+        need = 1.0
+        if rule in SPEEDUP_5X:
+            need, fastest = 5.0, find("byzfl", rule, n, d) or fastest
+            speedup = fastest["ms"] / mine["ms"]
+        # every cell of the grid where both ran: byzlearn at least as fast as the fastest anchor
+        cells = met_cells = 0
+        for r in results:
+            if r["impl"] == "byzlearn" and r["rule"] == rule and r["ms"] is not None:
+                a = [x for x in (find("byzfl", rule, r["n"], r["d"]), find("flower", rule, r["n"], r["d"])) if x is not None]
+                if a:
+                    cells += 1
+                    met_cells += r["ms"] <= min(x["ms"] for x in a)
+        row = dict(
+            rule=rule,
+            n=n,
+            d=d,
+            byzlearn_ms=mine["ms"],
+            anchor=fastest["impl"],
+            anchor_ms=fastest["ms"],
+            speedup=speedup,
+            target=need,
+            met=speedup >= need,
+            cells_met=met_cells,
+            cells=cells,
+        )
+        out.append(row)
+        rows.append(
+            f"| {rule} | {n} | {d:.0e} | {mine['ms']:.3g} | {fastest['impl']} {fastest['ms']:.3g} | {speedup:.1f}x | "
+            f">= {need:g}x | {'yes' if row['met'] else 'no'} | {met_cells} of {cells} |"
+        )
+    head = [
+        "| rule | n | d | byzlearn ms | fastest anchor ms | speed-up | target | met | cells where byzlearn <= fastest anchor |",
+        "|---|---:|---:|---:|---|---:|---:|---|---|",
+    ]
+    return head + rows, out
+
+
+def render(payload: dict) -> str:
+    """The markdown report of a run (``--report FILE`` re-renders a results JSON)."""
+    meta, results, checks = payload["meta"], payload["results"], payload.get("flower_vs_byzlearn_max_abs_diff") or {}
+    v = meta["versions"]
+    out = [
+        f"Aggregator time as a ratio to byzlearn's mean (absolute ms in brackets); device {meta['device']}, float32, "
+        f"f = max(1, floor((n-3)/4)), median of {meta['repeats']} after a warm-up (one call when the warm-up exceeds "
+        f"{meta['long_s']:g} s); torch {v['torch']}, {meta['threads']} threads; byzfl {v.get('byzfl')}; flwr {v.get('flwr')}.",
+        "",
+    ]
+
+    def cols(grid):
+        return sorted({(r["n"], r["d"]) for r in results if r["grid"] == grid})
+
+    out += table(results, cols("main"), "main")
+    if cols("smea"):
+        out += ["", "SMEA at the extra sizes (f = max(1, floor((n-3)/4))):", ""] + table(results, cols("smea"), "smea")
+    out += ["", "Targets (issue 16):", ""] + targets(results)[0]
+    if meta.get("cell_load"):
+        loads = sorted(meta["cell_load"], key=lambda c: (c["grid"] != "main", c["n"], c["d"]))
+        said = ", ".join(f"n={c['n']} d={c['d']:.0e}: {c['foreign_cores']}" for c in loads)
+        out += ["", f"Cores kept busy by other processes while each cell was measured: {said}."]
+    if checks:
+        diffs = ", ".join(f"{k} {x:.2g}" for k, x in checks.items())
+        out += ["", f"Flower against byzlearn on the first batch, largest |difference|: {diffs}"]
+    return "\n".join(out)
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -191,97 +646,102 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--n", type=int, nargs="+", default=[10, 45, 100])
     ap.add_argument("--d", type=float, nargs="+", default=[1e5, 1e6], help="dimensions (float syntax ok: 1e6)")
+    ap.add_argument("--smea-n", type=int, nargs="*", default=[15, 19, 23], help="extra n at which only SMEA (and mean) is timed")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--long", type=float, default=5.0, help="a warm-up longer than this (s) is the measurement")
     ap.add_argument("--rules", nargs="+", default=None, help="restrict to these names (rule or pre+mean labels)")
-    ap.add_argument("--quick", action="store_true", help="smoke check: n in {10, 21}, d = 1e4, 2 repeats")
+    ap.add_argument("--quick", action="store_true", help="smoke check: n in {10, 21}, d = 1e4, 2 repeats, SMEA extra n = 13")
     ap.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
-    ap.add_argument("--byzfl", action="store_true", help="also time ByzFL's aggregators (run inside the byzfl venv)")
+    ap.add_argument("--byzfl", action="store_true", help="also time ByzFL's aggregators (in --byzfl-python's venv)")
+    ap.add_argument("--byzfl-python", default=BYZFL_PYTHON, help="the ByzFL venv's python")
+    ap.add_argument("--smea-budget", type=float, default=60.0, help="run ByzFL's SMEA only where predicted to finish within this (s)")
+    ap.add_argument("--byzfl-nnm-gib", type=float, default=8.0, help="skip ByzFL's NNM where its n x n x d tensor exceeds this (GiB)")
+    ap.add_argument("--flower", action="store_true", help="also time the rule code of Flower's built-in strategies (flwr installed)")
+    ap.add_argument("--byzfl-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--report", type=Path, default=None, help="only print the report of this results JSON")
+    ap.add_argument("--merge", type=Path, default=None, help="re-measure: this run's cells replace theirs in this results JSON")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.quick:
-        args.n, args.d, args.repeats = [10, 21], [1e4], 2
+        args.n, args.d, args.repeats, args.smea_n = [10, 21], [1e4], 2, [13]
+    if args.byzfl_worker:
+        return byzfl_worker(args)
+    if args.report:
+        print(render(json.loads(args.report.read_text())))
+        return 0
     device = torch.device(args.device)
     dims = [int(d) for d in args.d]
     only = set(args.rules) | {"mean"} if args.rules else None
-
-    results = []  # dicts: impl, rule, n, d, f, ms, ratio, note
-    for n in args.n:
+    t_start, load_start = time.perf_counter(), os.getloadavg()
+    results, byzfl_meta, checks = [], {}, {}
+    cells = [(n, d, "main") for n in args.n for d in dims]
+    if not only or "smea" in only:
+        cells += [(n, d, "smea") for n in args.smea_n for d in dims if n not in args.n]
+    loads = []  # per cell: the contention while it was measured
+    for n, d, grid in cells:
+        snap = cpu_snapshot()
         f = default_f(n)
-        for d in dims:
-            g = torch.Generator().manual_seed(args.seed)
-            G = torch.randn(n, d, generator=g).to(device)
-            ctx = make_context(d, device)
-            timings = {}
-            cands = byzlearn_candidates(n, f, only)
-            cands.sort(key=lambda c: c[0] != "mean")  # mean first: the reference
-            for label, agg, note in cands:
-                if agg is None:
-                    results.append(dict(impl="byzlearn", rule=label, n=n, d=d, f=f, ms=None, ratio=None, note=note))
-                    continue
-                with torch.no_grad():
-                    if label in INPLACE_PRE:  # as in the engine: the batch is handed over (a copy made untimed)
-                        owned = dataclasses.replace(ctx, owns_batch=True)
-                        sec = time_call(lambda X, agg=agg, owned=owned: agg(X, owned), device, args.repeats, prepare=G.clone)
-                    else:
-                        sec = time_call(lambda _, agg=agg, G=G, ctx=ctx: agg(G, ctx), device, args.repeats)
-                timings[label] = sec
-                results.append(dict(impl="byzlearn", rule=label, n=n, d=d, f=f, ms=sec * 1e3, ratio=None, note=""))
-                print(f"  n={n:4d} d={d:>9d} f={f:3d} {label:<22s} {sec * 1e3:10.2f} ms", file=sys.stderr, flush=True)
-            if args.byzfl:
-                for label, fn, inplace in byzfl_candidates(n, f):
-                    if only and label not in only:
-                        continue
-                    try:
-                        with torch.no_grad():
-                            prep = (lambda G=G: G.clone()) if inplace else (lambda G=G: G)
-                            sec = time_call(fn, device, args.repeats, prepare=prep)
-                        results.append(dict(impl="byzfl", rule=label, n=n, d=d, f=f, ms=sec * 1e3, ratio=None, note=""))
-                        print(f"  n={n:4d} d={d:>9d} f={f:3d} byzfl:{label:<16s} {sec * 1e3:10.2f} ms", file=sys.stderr, flush=True)
-                    except Exception as e:
-                        results.append(dict(impl="byzfl", rule=label, n=n, d=d, f=f, ms=None, ratio=None, note=f"error: {e}"))
-            ref = timings.get("mean")
-            for r in results:
-                if r["n"] == n and r["d"] == d and r["ms"] is not None and ref:
-                    r["ratio"] = r["ms"] / (ref * 1e3)
-            del G
-
-    # markdown table: one row per (impl, rule), one column per (n, d)
-    cols = [(n, d) for n in args.n for d in dims]
-    keys = []
-    for r in results:
-        k = (r["impl"], r["rule"])
-        if k not in keys:
-            keys.append(k)
-    print(
-        f"Aggregator time as a ratio to mean (absolute ms in brackets); device {device}, float32, "
-        f"f = max(1, floor((n-3)/4)), median of {args.repeats} after a warm-up; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads.\n"
-    )
-    print("| rule | " + " | ".join(f"n={n}, d={d:.0e}" for n, d in cols) + " |")
-    print("|---|" + "---|" * len(cols))
-    for impl, rule in keys:
-        cells = []
-        for n, d in cols:
-            r = next((x for x in results if x["impl"] == impl and x["rule"] == rule and x["n"] == n and x["d"] == d), None)
-            if r is None:
-                cells.append("")
-            elif r["ms"] is None:
-                cells.append(f"- ({r['note']})" if r["note"] else "-")
-            else:
-                ratio = f"{r['ratio']:.1f}x" if r["ratio"] is not None else "?"
-                cells.append(f"{ratio} ({r['ms']:.3g})")
-        label = rule if impl == "byzlearn" else f"byzfl: {rule}"
-        print(f"| {label} | " + " | ".join(cells) + " |")
-    if args.json:
-        meta = dict(
-            device=str(device),
-            torch=torch.__version__,
-            threads=torch.get_num_threads(),
-            repeats=args.repeats,
-            cpu_count=os.cpu_count(),
-            time=time.strftime("%Y-%m-%d %H:%M:%S"),
+        G = make_batch(n, d, args.seed).to(device)
+        ctx = make_context(d, device, args.seed)
+        timings = {}
+        cell_only = only if grid == "main" else {"mean", "smea"}
+        time_byzlearn(G, n, d, f, ctx, cell_only, device, args, results, timings, grid)
+        if args.flower and grid == "main" and device.type == "cpu":
+            time_flower(G, n, d, f, only, args, results)
+            if n == args.n[0] and d == dims[0]:
+                checks = flower_check(G, f)
+        if args.byzfl and device.type == "cpu":
+            rules = sorted(cell_only) if cell_only else None
+            rows, byzfl_meta = run_byzfl(n, d, G, args, rules)
+            for r in rows:
+                r["grid"] = grid
+            results += rows
+        ref = timings.get("mean")
+        for r in results:
+            if r["n"] == n and r["d"] == d and r["grid"] == grid and r["ms"] is not None and ref:
+                r["ratio"] = r["ms"] / (ref * 1e3)
+        del G
+        foreign = foreign_cores(snap, cpu_snapshot())
+        loads.append(
+            dict(n=n, d=d, grid=grid, foreign_cores=None if foreign is None else round(foreign, 2), time=time.strftime("%H:%M:%S"))
         )
-        args.json.write_text(json.dumps(dict(meta=meta, results=results), indent=1))
+        print(f"  n={n:4d} d={d:>9d} cell done; other processes kept {foreign} cores busy", file=sys.stderr, flush=True)
+
+    versions = dict(python=platform.python_version(), torch=torch.__version__, byzfl=byzfl_meta.get("byzfl"))
+    if args.flower:
+        import flwr
+
+        versions["flwr"] = flwr.__version__
+    cmd = ".venv/bin/python benchmarks/aggregators.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+    meta = dict(
+        command=cmd,
+        device=str(device),
+        machine=dict(arch=platform.machine(), cpu_count=os.cpu_count(), system=platform.system()),
+        versions=versions,
+        threads=torch.get_num_threads(),
+        repeats=args.repeats,
+        long_s=args.long,
+        smea_budget_s=args.smea_budget,
+        seed=args.seed,
+        time=time.strftime("%Y-%m-%d %H:%M:%S"),
+        seconds=round(time.perf_counter() - t_start, 1),
+        load_average_start=[round(x, 2) for x in load_start],
+        load_average_end=[round(x, 2) for x in os.getloadavg()],
+    )
+    _, target_rows = targets(results)
+    meta["cell_load"] = loads
+    if args.merge and args.merge.exists():  # re-measured cells replace theirs in an earlier run's results
+        old = json.loads(args.merge.read_text())
+        done = {(c["n"], c["d"], c["grid"]) for c in loads}
+        results = [r for r in old["results"] if (r["n"], r["d"], r.get("grid", "main")) not in done] + results
+        meta["cell_load"] = [c for c in old["meta"].get("cell_load", []) if (c["n"], c["d"], c["grid"]) not in done] + loads
+        meta["merged_into"] = dict(command=old["meta"].get("command"), time=old["meta"].get("time"), remeasured=sorted(done))
+        checks = checks or old.get("flower_vs_byzlearn_max_abs_diff", {})
+        _, target_rows = targets(results)
+    payload = dict(meta=meta, targets=target_rows, flower_vs_byzlearn_max_abs_diff=checks, results=results)
+    print(render(payload))
+    if args.json:
+        args.json.write_text(json.dumps(payload, indent=1) + "\n")
     return 0
 
 

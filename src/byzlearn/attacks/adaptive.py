@@ -29,7 +29,7 @@ from torch import Tensor
 from ..aggregators.base import AggregationContext
 from ..registry import ConfigError
 from .base import ATTACKS, Attack, AttackContext
-from .gradient import honest_mean, rows_of
+from .gradient import honest_mean, require_honest, rows_of
 from .omniscient import coordinate_std
 
 Search = Literal["two_sided", "byzfl"]  # the contraction of ``line_maximize``
@@ -167,7 +167,7 @@ class _OptimalAttack(Attack):
         return damage
 
     def forge(self, ctx: AttackContext) -> Tensor:
-        honest_mean(ctx)  # clear error when there is no honest row
+        require_honest(ctx)  # clear error when there is no honest row
         if ctx.f == 0:
             return ctx.honest[:0]
         stats = self._prepare(ctx.honest)  # once per round: the probes and the final vector share it

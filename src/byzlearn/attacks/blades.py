@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..aggregators._sklearn import single_threaded
 from .base import ATTACKS, Attack, AttackContext
-from .gradient import honest_mean, own_gradients, rows_of
+from .gradient import honest_mean, own_gradients, require_honest, rows_of
 
 __all__ = [
     "cosine_distances",
@@ -159,7 +159,7 @@ class AttackClippedClustering(Attack):
     omniscient = True
 
     def forge(self, ctx: AttackContext) -> Tensor:
-        honest_mean(ctx)  # clear error when there is no honest row
+        require_honest(ctx)  # clear error when there is no honest row
         if ctx.f == 0:
             return ctx.honest[:0]
         return clipped_clustering_vectors(ctx.honest, ctx.f)

@@ -18,7 +18,7 @@ from ..aggregators.distance import pairwise_sq_distances  # the rule modules, no
 from ..aggregators.krum import krum_scores
 from ..registry import ConfigError
 from .base import ATTACKS, Attack, AttackContext
-from .gradient import honest_mean, own_gradients, rows_of
+from .gradient import own_gradients, require_honest, rows_of
 from .minmax import column_std, probe_batch
 
 __all__ = [
@@ -180,7 +180,7 @@ class FangTrimmedMeanAttack(Attack):
         if self.knowledge == "own":
             own = own_gradients(ctx, self.name)
             return fang_partial_vectors(own, ctx.f, ctx.generator, self.shared) if ctx.f else own[:0]
-        honest_mean(ctx)  # clear error when there is no honest row
+        require_honest(ctx)  # clear error when there is no honest row
         return fang_trmean_vectors(ctx.honest, ctx.f, ctx.generator, 2.0, self.shared)
 
     def __repr__(self) -> str:
@@ -219,7 +219,7 @@ class FangKrumAttack(Attack):
         self.last_selected = False
 
     def forge(self, ctx: AttackContext) -> Tensor:
-        honest_mean(ctx)  # clear error when there is no honest row
+        require_honest(ctx)  # clear error when there is no honest row
         if ctx.f == 0:
             return ctx.honest[:0]
         m, self.last_lambda, self.last_evaluations, self.last_selected = fang_krum_vector(

@@ -36,9 +36,14 @@ def rows_of(vector: Tensor, k: int) -> Tensor:
     return vector.unsqueeze(0).repeat(k, 1)
 
 
-def honest_mean(ctx: AttackContext) -> Tensor:
+def require_honest(ctx: AttackContext) -> None:
+    """A clear error when an omniscient attack is handed no honest row (no pass over the data)."""
     if ctx.honest is None or ctx.honest.shape[0] == 0:
         raise ValueError("this attack is omniscient and needs at least one honest gradient in ctx.honest")
+
+
+def honest_mean(ctx: AttackContext) -> Tensor:
+    require_honest(ctx)
     return ctx.honest.mean(dim=0)
 
 
@@ -113,9 +118,9 @@ class GaussianAttack(Attack):
 
     def forge(self, ctx: AttackContext) -> Tensor:
         ref = reference(ctx)
-        out = randn((ctx.f, dimension(ctx)), ctx, ref) * self.std + self.mean
+        out = randn((ctx.f, dimension(ctx)), ctx, ref).mul_(self.std).add_(self.mean)  # in place: the same values
         if self.center == "honest_mean":
-            out = out + honest_mean(ctx)
+            out = out.add_(honest_mean(ctx))
         return out
 
     def __repr__(self) -> str:

@@ -33,7 +33,7 @@ from ..aggregators.base import AggregationContext
 from ..aggregators.distance import pairwise_sq_distances  # the rule module, not functional (it imports the catalogue)
 from ..registry import ConfigError
 from .base import ATTACKS, Attack, AttackContext
-from .gradient import honest_mean, own_gradients, rows_of
+from .gradient import own_gradients, require_honest, rows_of
 
 __all__ = [
     "perturbation",
@@ -230,7 +230,7 @@ class _DistanceSearch(Attack):
     def forge(self, ctx: AttackContext) -> Tensor:
         benign = own_gradients(ctx, self.name) if self.knowledge == "own" else ctx.honest
         if self.knowledge == "full":
-            honest_mean(ctx)  # clear error when there is no honest row
+            require_honest(ctx)  # clear error when there is no honest row
         if ctx.f == 0:
             return benign[:0]
         m, self.last_gamma, self.last_tests = _search_vector(benign, self.perturbation, self.gamma0, self.tau, self.objective)
@@ -308,7 +308,7 @@ class AGRTailoredAttack(Attack):
         self.last_tests = 0
 
     def forge(self, ctx: AttackContext) -> Tensor:
-        honest_mean(ctx)  # clear error when there is no honest row
+        require_honest(ctx)  # clear error when there is no honest row
         if ctx.f == 0:
             return ctx.honest[:0]
         aggregate = rule_probe(ctx, self.name)

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..registry import ConfigError
 from .base import ATTACKS, Attack, AttackContext
-from .gradient import honest_mean, randn, rows_of
+from .gradient import honest_mean, randn, require_honest, rows_of
 
 # -- functional core ------------------------------------------------------------------------------
 
@@ -108,7 +108,7 @@ class ALIEAttack(Attack):
         return self.z if self.z is not None else alie_z(n, f, self.z_rule)
 
     def forge(self, ctx: AttackContext) -> Tensor:
-        honest_mean(ctx)  # clear error when there is no honest row
+        require_honest(ctx)  # clear error when there is no honest row
         if ctx.f == 0:
             return ctx.honest[:0]
         return rows_of(alie_vector(ctx.honest, self.strength(ctx.n, ctx.f)), ctx.f)
@@ -219,7 +219,7 @@ class MimicAttack(Attack):
         return int(scores.argmax())
 
     def forge(self, ctx: AttackContext) -> Tensor:
-        honest_mean(ctx)  # clear error when there is no honest row
+        require_honest(ctx)  # clear error when there is no honest row
         X = ctx.honest
         h = X.shape[0]
         if self.fixed_target is not None:

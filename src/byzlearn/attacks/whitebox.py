@@ -46,7 +46,7 @@ from ..aggregators.base import AggregationContext
 from ..learned.aggregator import LearnedAggregator, learned_update, probe_losses, reference_norm
 from ..registry import ConfigError
 from .base import ATTACKS, Attack, AttackContext
-from .gradient import honest_mean, rows_of
+from .gradient import require_honest, rows_of
 from .omniscient import alie_z, coordinate_std
 
 
@@ -234,7 +234,7 @@ class LearnedWhiteBoxAttack(Attack):
 
     # -- the attack --------------------------------------------------------------------------------
     def forge(self, ctx: AttackContext) -> Tensor:
-        honest_mean(ctx)  # clear error when there is no honest row
+        require_honest(ctx)  # clear error when there is no honest row
         learned_defender(ctx.aggregator)
         if ctx.f == 0:
             return ctx.honest[:0]
