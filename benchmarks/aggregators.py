@@ -65,119 +65,37 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
-import math
 import os
 import platform
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import types
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-PRE_NAMES = ("nnm", "bucketing", "clipping", "arc")
-# chains whose pre-aggregator overwrites a batch it is handed (ctx.owns_batch, as the engine does);
-# they are timed on a fresh copy made outside the timed region, like ByzFL's in-place Clipping/ARC
-INPLACE_PRE = ("clipping+mean", "arc+mean")
-MDA_MAX_N = 25
-BYZFL_PYTHON = "/work/byzfl-venv/bin/python"
-TARGET_N, TARGET_D = 45, 1_000_000
-SPEEDUP_5X = ("caf", "smea")  # issue 16: at least 5x ByzFL
-
-
-def default_f(n: int) -> int:
-    return max(1, (n - 3) // 4)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_call(fn, device, repeats: int, prepare=None, long_s: float = 5.0) -> tuple[float, int]:
-    """``(median seconds, calls)`` of ``fn(arg)`` after one warm-up; ``prepare()`` makes ``arg`` untimed.
-
-    A warm-up longer than ``long_s`` is the measurement (``calls = 1``)."""
-    arg = prepare() if prepare else None
-    sync(device)
-    t0 = time.perf_counter()
-    fn(arg)
-    sync(device)
-    first = time.perf_counter() - t0
-    if first > long_s:
-        return first, 1
-    times = []
-    for _ in range(repeats):
-        arg = prepare() if prepare else None
-        sync(device)
-        t0 = time.perf_counter()
-        fn(arg)
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), repeats
-
-
-def cpu_snapshot() -> tuple[float, float, float] | None:
-    """``(busy CPU seconds of the whole machine, CPU seconds of this process and its waited-for children, wall)``."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)  # all but idle and iowait
-    t = os.times()
-    return busy / os.sysconf("SC_CLK_TCK"), t.user + t.system + t.children_user + t.children_system, time.monotonic()
-
-
-def foreign_cores(start, end) -> float | None:
-    """Average number of cores other processes kept busy between two ``cpu_snapshot``s (the contention)."""
-    if start is None or end is None or end[2] - start[2] < 0.5:  # /proc/stat counts 10 ms ticks: too coarse below
-        return None
-    return max(0.0, ((end[0] - start[0]) - (end[1] - start[1])) / (end[2] - start[2]))
-
-
-def make_batch(n: int, d: int, seed: int) -> torch.Tensor:
-    """The benchmark batch: the same bits in this process and in the ByzFL worker (same torch)."""
-    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
-
-
-def checksum(G: torch.Tensor) -> float:
-    return float(G.double().sum())
+from aggregators_byzfl import byzfl_worker, run_byzfl
+from aggregators_common import (
+    BYZFL_PYTHON,
+    INPLACE_PRE,
+    MDA_MAX_N,
+    PRE_NAMES,
+    SPEEDUP_5X,
+    TARGET_D,
+    TARGET_N,
+    _byzlearn,
+    cpu_snapshot,
+    default_f,
+    foreign_cores,
+    make_batch,
+    make_context,
+    time_call,
+)
+from aggregators_flower import flower_check, time_flower
 
 
 # ---------------------------------------------------------------------------------------------- byzlearn
-def _byzlearn():
-    try:
-        from byzlearn.aggregators import AGGREGATORS, PREAGGREGATORS, AggregationContext, build_aggregator
-    except ImportError:  # run from a checkout without the package installed
-        sys.path.insert(0, str(ROOT / "src"))
-        from byzlearn.aggregators import AGGREGATORS, PREAGGREGATORS, AggregationContext, build_aggregator
-    return AGGREGATORS, PREAGGREGATORS, AggregationContext, build_aggregator
-
-
-def make_context(d: int, device: torch.device, seed: int = 0):
-    AggregationContext = _byzlearn()[2]
-    target = torch.ones(d, device=device)
-    g0 = torch.randn(d, generator=torch.Generator().manual_seed(seed + 1)).to(device)  # FLTrust's server update
-
-    def public_loss(P):
-        return 0.5 * ((P - target) ** 2).sum(dim=1)
-
-    return AggregationContext(
-        params=torch.zeros(d, device=device),
-        lr=0.1,
-        public_loss=public_loss,
-        public_update=lambda: g0,
-        generator=torch.Generator(device=device).manual_seed(seed),
-    )
-
-
 def byzlearn_candidates(n: int, f: int, only: set[str] | None):
     """(label, aggregator or None, reason) for every registered rule and pre-aggregator chain."""
     AGGREGATORS, PREAGGREGATORS, _, build_aggregator = _byzlearn()
@@ -233,279 +151,6 @@ def time_byzlearn(G, n, d, f, ctx, only, device, args, results, timings, grid):
 
 
 # ---------------------------------------------------------------------------------------------- Flower
-class _Arr:
-    """Stand-in for ``flwr.app.Array``: ``.numpy()`` returns the (already decoded) array."""
-
-    def __init__(self, a):
-        self.a = a
-
-    def numpy(self):
-        return self.a
-
-
-class _Rec(dict):
-    """Stand-in for an ``ArrayRecord``: key -> ``_Arr``; ``to_numpy_ndarrays`` without decoding."""
-
-    def to_numpy_ndarrays(self, keep_input: bool = True):
-        return [v.a for v in self.values()]
-
-
-class _Content:
-    """Stand-in for a reply's ``RecordDict``: one ArrayRecord ``arrays``, one MetricRecord ``metrics``."""
-
-    def __init__(self, arrays: list, num_examples: int = 10):
-        self.array_records = {"arrays": _Rec({f"layer{i}": _Arr(a) for i, a in enumerate(arrays)})}
-        self.metric_records = {"metrics": {"num-examples": num_examples}}
-
-    def __getitem__(self, key):
-        return self.array_records[key]
-
-
-@contextlib.contextmanager
-def _no_encoding():
-    """``aggregate_arrayrecords`` builds ``ArrayRecord({k: Array(v)})`` (serialising): pass-throughs while timing."""
-    from flwr.serverapp.strategy import strategy_utils
-
-    saved = strategy_utils.Array, strategy_utils.ArrayRecord
-    strategy_utils.Array, strategy_utils.ArrayRecord = (lambda v: v), dict
-    try:
-        yield
-    finally:
-        strategy_utils.Array, strategy_utils.ArrayRecord = saved
-
-
-def flower_candidates(n: int, f: int):
-    """(label, fn(contents) -> list of numpy arrays, description) for Flower 1.42's built-in strategies."""
-    import numpy as np
-    from flwr.serverapp.strategy.bulyan import aggregate_n_closest_weights
-    from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
-    from flwr.serverapp.strategy.multikrum import select_multikrum
-    from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
-
-    beta = f / n
-    if int(beta * n) != f:  # FedTrimmedAvg cuts int(beta * n) per side
-        beta = math.nextafter(beta, 1.0)
-    assert int(beta * n) == f
-
-    def layers_of(contents):
-        keys = list(contents[0]["arrays"].keys())
-        return keys, [[c["arrays"][k].numpy() for c in contents] for k in keys]
-
-    def fedmedian(contents):
-        return [np.asarray(np.median(np.stack(layers), axis=0)) for layers in layers_of(contents)[1]]
-
-    def fedtrimmedavg(contents):
-        return [np.asarray(trim_mean(np.stack(layers), beta)) for layers in layers_of(contents)[1]]
-
-    def multikrum(m):
-        def run(contents):
-            return aggregate_arrayrecords(select_multikrum(contents, num_malicious_nodes=f, num_nodes_to_select=m), "num-examples")
-
-        return run
-
-    def bulyan(contents):
-        theta = len(contents) - 2 * f
-        beta_b = theta - 2 * f
-        selected = select_multikrum(contents, f, theta)
-        nd = [c["arrays"].to_numpy_ndarrays(keep_input=False) for c in selected]
-        median = [np.median(arr, axis=0) for arr in zip(*nd, strict=True)]
-        return [np.asarray(a) for a in aggregate_n_closest_weights(median, nd, beta_b)]
-
-    def fedavg(contents):
-        return aggregate_arrayrecords(contents, "num-examples")
-
-    out = [
-        ("mean", fedavg, "FedAvg: aggregate_arrayrecords (equal num-examples)"),
-        ("median", fedmedian, "FedMedian: np.median(np.stack(layers), axis=0)"),
-        ("trimmed_mean", fedtrimmedavg, f"FedTrimmedAvg(beta={beta:.6g}): trim_mean(np.stack(layers), beta)"),
-        ("krum", multikrum(1), "Krum: select_multikrum(m=1) + aggregate_arrayrecords"),
-        ("multi_krum", multikrum(n - f), f"MultiKrum(m={n - f}): select_multikrum + aggregate_arrayrecords"),
-    ]
-    if n >= 4 * f + 3:
-        out.append(("bulyan", bulyan, "Bulyan: select_multikrum(theta) + np.median + aggregate_n_closest_weights"))
-    return out
-
-
-def time_flower(G, n, d, f, only, args, results):
-    contents = [_Content([row]) for row in G.numpy()]  # views of G, no copy
-    with _no_encoding():
-        for label, fn, what in flower_candidates(n, f):
-            if only and label not in only:
-                continue
-            row = dict(impl="flower", rule=label, n=n, d=d, f=f, grid="main", ms=None, ratio=None, calls=0, note=what)
-            try:
-                sec, calls = time_call(lambda _, fn=fn: fn(contents), torch.device("cpu"), args.repeats, None, args.long)
-                row.update(ms=sec * 1e3, calls=calls)
-                print(f"  n={n:4d} d={d:>9d} f={f:3d} flower:{label:<15s} {sec * 1e3:10.2f} ms", file=sys.stderr, flush=True)
-            except Exception as e:
-                row["note"] = f"error: {type(e).__name__}: {e}; {what}"
-            results.append(row)
-
-
-def flower_check(G, f) -> dict:
-    """Largest |Flower - byzlearn| per rule on this batch (a sanity check that the two compute the same rule)."""
-    import numpy as np
-
-    _, _, AggregationContext, build_aggregator = _byzlearn()
-    n = G.shape[0]
-    contents = [_Content([row]) for row in G.numpy()]
-    out = {}
-    with _no_encoding():
-        for label, fn, _ in flower_candidates(n, f):
-            res = fn(contents)
-            flat = np.concatenate([np.asarray(v).ravel() for v in (res.values() if isinstance(res, dict) else res)])
-            mine = build_aggregator({"name": label}, f_default=f)(G, AggregationContext()).numpy()
-            out[label] = float(np.abs(flat.astype(np.float64) - mine.astype(np.float64)).max())
-    return out
-
-
-# ---------------------------------------------------------------------------------------------- ByzFL (worker side)
-def _install_torchvision_stub() -> None:
-    class _Placeholder:
-        def __init__(self, name):
-            self._name = name
-
-        def __call__(self, *a, **k):  # byzfl builds transforms at import time: stay inert
-            return _Placeholder(f"{self._name}()")
-
-        def __getattr__(self, item):
-            return _Placeholder(f"{self._name}.{item}")
-
-    class _StubModule(types.ModuleType):
-        def __getattr__(self, item):
-            if item.startswith("__"):
-                raise AttributeError(item)
-            return _Placeholder(f"{self.__name__}.{item}")
-
-    for key in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
-        del sys.modules[key]
-    root = _StubModule("torchvision")
-    root.__path__ = []  # a package, so ``import torchvision.x`` resolves to the stubs below
-    sys.modules["torchvision"] = root
-    for sub in ("datasets", "transforms", "models", "io", "ops", "utils"):
-        mod = _StubModule(f"torchvision.{sub}")
-        setattr(root, sub, mod)
-        sys.modules[f"torchvision.{sub}"] = mod
-
-
-def byzfl_candidates(n: int, f: int, d: int, G, args):
-    """(label, callable or None, in-place?, note) for ByzFL's versions of byzlearn's rules."""
-    import byzfl
-
-    avg = byzfl.Average()
-    rules = {
-        "median": lambda: byzfl.Median(),
-        "trimmed_mean": lambda: byzfl.TrMean(f=f),
-        "geometric_median": lambda: byzfl.GeometricMedian(nu=0.1, T=3),
-        "krum": lambda: byzfl.Krum(f=f),
-        "multi_krum": lambda: byzfl.MultiKrum(f=f),
-        "centered_clipping": lambda: byzfl.CenteredClipping(L=1, tau=100.0),
-        "mda": lambda: byzfl.MDA(f=f),
-        "monna": lambda: byzfl.MoNNA(f=f, idx=0),
-        "meamed": lambda: byzfl.Meamed(f=f),
-        "caf": lambda: byzfl.CAF(f=f),
-        "smea": lambda: byzfl.SMEA(f=f),
-    }
-    pres = {
-        "nnm+mean": (lambda: byzfl.NNM(f=f), False),
-        "bucketing+mean": (lambda: byzfl.Bucketing(s=2), False),
-        "clipping+mean": (lambda: byzfl.Clipping(c=2.0), True),
-        "arc+mean": (lambda: byzfl.ARC(f=f), True),
-    }
-    out = []
-    for label, make in rules.items():
-        if label == "mda" and n > MDA_MAX_N:
-            continue
-        if label == "smea" and 2 * f < n:
-            subsets = math.comb(n, f)
-            m = n - f  # one subset's rows; SMEA(1) on m + 1 rows enumerates m + 1 subsets of m rows
-            with torch.no_grad():
-                t0 = time.perf_counter()
-                byzfl.SMEA(f=1)(G[: m + 1])
-                per_subset = (time.perf_counter() - t0) / (m + 1)
-            est = subsets * per_subset
-            say = f"estimate {subsets:,} subsets x {per_subset * 1e3:.3g} ms = {est:.3g} s"
-            print(f"  n={n:4d} d={d:>9d} f={f:3d} byzfl:smea {say}", file=sys.stderr)
-            if est > args.smea_budget:
-                note = f"C({n},{f}) = {subsets:,} subsets x {per_subset * 1e3:.3g} ms: est. {est:.3g} s > {args.smea_budget:g} s"
-                out.append((label, None, False, note))
-                continue
-        out.append((label, make(), False, ""))
-    nnm_gib = n * n * d * G.element_size() / 2**30
-    for label, (make, inplace) in pres.items():
-        if label == "nnm+mean" and nnm_gib > args.byzfl_nnm_gib:
-            out.append((label, None, False, f"skipped: ByzFL's NNM materialises n x n x d ({nnm_gib:.1f} GiB)"))
-            continue
-        pre = make()
-        out.append((label, (lambda p: lambda X: avg(p(X)))(pre), inplace, ""))
-    return out
-
-
-def byzfl_worker(args) -> int:
-    """Inside the ByzFL venv: time ByzFL's rules on the batch of each (n, d); write the rows to ``--json``."""
-    _install_torchvision_stub()
-    import byzfl
-
-    torch.manual_seed(args.seed)  # ByzFL's CAF / SMEA draw their power-iteration start from the global stream
-    only = set(args.rules) if args.rules else None
-    device = torch.device("cpu")
-    rows, sums = [], {}
-    for n in args.n:
-        f = default_f(n)
-        for d in [int(x) for x in args.d]:
-            G = make_batch(n, d, args.seed)
-            sums[f"{n},{d}"] = checksum(G)
-            for label, fn, inplace, note in byzfl_candidates(n, f, d, G, args):
-                if only and label not in only:
-                    continue
-                row = dict(impl="byzfl", rule=label, n=n, d=d, f=f, ms=None, ratio=None, calls=0, note=note)
-                if fn is not None:
-                    try:
-                        with torch.no_grad():
-                            prep = (lambda G=G: G.clone()) if inplace else (lambda G=G: G)
-                            sec, calls = time_call(fn, device, args.repeats, prep, args.long)
-                        row.update(ms=sec * 1e3, calls=calls)
-                        print(f"  n={n:4d} d={d:>9d} f={f:3d} byzfl:{label:<16s} {sec * 1e3:10.2f} ms", file=sys.stderr, flush=True)
-                    except Exception as e:
-                        row["note"] = f"error: {type(e).__name__}: {str(e)[:300]}"
-                        print(f"  n={n:4d} d={d:>9d} f={f:3d} byzfl:{label:<16s} {row['note']}", file=sys.stderr, flush=True)
-                rows.append(row)
-            del G
-    version = getattr(byzfl, "__version__", None) or _dist_version("byzfl")
-    meta = dict(byzfl=version, torch=torch.__version__, threads=torch.get_num_threads())
-    args.json.write_text(json.dumps(dict(meta=meta, checksums=sums, results=rows)))
-    return 0
-
-
-def _dist_version(name: str) -> str | None:
-    try:
-        from importlib.metadata import version
-
-        return version(name)
-    except Exception:
-        return None
-
-
-def run_byzfl(n: int, d: int, G, args, rules: list[str] | None) -> tuple[list[dict], dict]:
-    """Run the ByzFL worker for one (n, d) in the ByzFL venv; its rows, tagged, and its meta."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "byzfl.json"
-        cmd = [args.byzfl_python, str(Path(__file__).resolve()), "--byzfl-worker", "--n", str(n), "--d", str(d)]
-        cmd += ["--seed", str(args.seed), "--repeats", str(args.repeats), "--long", str(args.long), "--json", str(out)]
-        cmd += ["--smea-budget", str(args.smea_budget), "--byzfl-nnm-gib", str(args.byzfl_nnm_gib)]
-        if rules:
-            cmd += ["--rules", *rules]
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        proc = subprocess.run(cmd, env=env, cwd=str(ROOT))
-        if proc.returncode != 0 or not out.exists():
-            raise RuntimeError(f"ByzFL worker failed (exit {proc.returncode}): {' '.join(cmd)}")
-        data = json.loads(out.read_text())
-    theirs, mine = data["checksums"][f"{n},{d}"], checksum(G)
-    if theirs != mine:
-        raise RuntimeError(f"ByzFL worker built a different batch (sum {theirs!r} != {mine!r}): not the same torch?")
-    return data["results"], data["meta"]
-
-
 # ---------------------------------------------------------------------------------------------- report
 def _short(note: str) -> str:
     """A table cell's reason: a requirement's condition without its explanation in brackets."""
