@@ -34,6 +34,7 @@ from ..models import MODELS, FlatModel
 from ..models.user import ModelSpec, check_model, user_module
 from ..optim import OPTIMIZERS
 from ..registry import ConfigError
+from .public import once_per_round, server_update
 from .round import RoundDraw, apply_update, forge, place, replace_weights
 from .sampling import ShardSampler
 from .validate import resolve_device, validate
@@ -188,39 +189,9 @@ class Simulator:
         return self._losses(P, self.x_train[idx], self.y_train[idx])
 
     def public_update(self) -> Tensor:
-        """The server's own message ``Tensor[d]`` on fresh public minibatch(es) at ``theta``, computed as an
-        honest worker computes its message (FLTrust's ``g0``), hence a pseudo-gradient like the rows of ``G``.
-
-        D-SGD: the gradient on ``workers.batch_size`` public samples (FLTrust's server uses the clients'
-        batch size; ``data.public_batch`` is the size of ``public_loss``'s batches), through the server's
-        own momentum when ``workers.momentum > 0`` (kept, and checkpointed, for rules that declare
-        ``needs_public_update``); FedAvg: ``fedavg.local_steps`` local SGD steps, one
-        fresh public minibatch each, sending ``w_start - w_end``. The samples come from the ``public``
-        stream (checkpointed). Engine subclasses' per-worker effects (``heavy_tail``'s noise) do not apply.
-        """
-        if self.public_idx.numel() == 0:
-            raise ConfigError("this rule needs the server's root set: set data.public_size > 0")
-        P, B = self.public_idx.numel(), self.batch_size
-        steps = self.cfg.fedavg.local_steps if self.fedavg else 1
-        idx = torch.stack([self.public_idx[torch.randperm(P, generator=self.gens["public"])[:B]] for _ in range(steps)])
-        if self.fedavg:
-            return self.local_updates(idx.unsqueeze(1))[0][0].detach()  # [K, 1, B]: one client
-        g = Simulator.worker_gradients(self, idx)[0].detach()  # [1, B]: one worker
-        if self.public_momentum is not None:
-            g = self.public_momentum.step(g, torch.zeros(1, dtype=torch.long, device=g.device))
-        return g[0]
-
-    def _public_update_once(self):
-        """``public_update`` computed at its first call in the round and returned again to later calls
-        (an attack probing the rule and the rule itself see the same ``g0``; the stream moves once)."""
-        memo: list[Tensor] = []
-
-        def once() -> Tensor:
-            if not memo:
-                memo.append(self.public_update())
-            return memo[0]
-
-        return once
+        """The server's own message ``Tensor[d]`` on fresh public minibatch(es) at ``theta`` (FLTrust's ``g0``),
+        computed as an honest worker computes its message (``engine.public.server_update``)."""
+        return server_update(self, Simulator.worker_gradients)
 
     def worker_gradients(self, idx: Tensor, poison: Tensor | None = None, workers: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Gradients ``Tensor[k, d]`` and losses ``Tensor[k]`` of k workers in one batched pass.
@@ -242,7 +213,7 @@ class Simulator:
             params=self.theta,
             lr=self.lr,
             public_loss=self.public_loss,
-            public_update=self._public_update_once(),
+            public_update=once_per_round(self.public_update),
             generator=self.gens["aggregator"],
         )
 
