@@ -135,6 +135,21 @@ def test_flower_refuses_fltrust_before_training():
 
     with pytest.raises(ConfigError, match="root set"):
         RobustAggregation("fltrust", f=1, public_loss=lambda P: P.sum(1))
+    # behind a pre-aggregator too: a chain needs what its rule reads
+    with pytest.raises(ConfigError, match="root set"):
+        RobustAggregation({"name": "fltrust", "pre": ["clipping"]}, f=1, public_loss=lambda P: P.sum(1))
+    with pytest.raises(ConfigError, match="public batch"):
+        RobustAggregation({"name": "zeno", "pre": ["nnm"]}, f=1)
+
+
+def test_a_chain_needs_what_its_rule_reads():
+    from byzlearn.aggregators import build_aggregator
+
+    for name, batch, update in (("fltrust", True, True), ("zeno", True, False), ("median", False, False)):
+        chain = build_aggregator({"name": name, "pre": ["clipping"]}, f_default=1)
+        assert (chain.needs_public_batch, chain.needs_public_update) == (batch, update), name
+    with pytest.raises(ConfigError, match="data.public_size"):
+        Simulator(C.load(None, ["aggregator.name=fltrust", "aggregator.pre=['clipping']"]))
 
 
 @pytest.mark.parametrize("extra", [[], ["workers.momentum=0.9"], ["train.algorithm=fedavg", "fedavg.local_steps=3"]])

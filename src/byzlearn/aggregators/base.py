@@ -149,6 +149,8 @@ class Chain(Aggregator):
         super().__init__(rule.f)
         self.pre, self.rule = pre, rule
         self.name = "+".join([p.name for p in pre] + [rule.name])
+        # the chain needs what its rule reads (engines and strategies check the chain, not its parts)
+        self.needs_public_batch, self.needs_public_update = rule.needs_public_batch, rule.needs_public_update
 
     def requirement(self, n: int) -> str | None:
         for p in self.pre:

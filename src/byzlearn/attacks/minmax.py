@@ -34,10 +34,10 @@ from ..aggregators.distance import pairwise_sq_distances  # the rule module, not
 from ..registry import ConfigError
 from .base import ATTACKS, Attack, AttackContext
 from .gradient import own_gradients, require_honest, rows_of
+from .omniscient import column_std
 
 __all__ = [
     "perturbation",
-    "column_std",
     "gamma_search",
     "distance_terms",
     "min_max_vector",
@@ -51,7 +51,6 @@ __all__ = [
 
 Perturbation = Literal["unit_vec", "std", "sign"]
 Knowledge = Literal["full", "own"]
-_CHUNK_ELEMS = 1 << 21  # elements per column block of column_std
 
 
 # -- functional core ------------------------------------------------------------------------------
@@ -68,20 +67,6 @@ def perturbation(benign: Tensor, kind: Perturbation, mu: Tensor | None = None) -
     if kind == "std":
         return -column_std(benign, mu)
     raise ValueError(f"unknown perturbation {kind!r}; use one of {get_args(Perturbation)}")
-
-
-def column_std(X: Tensor, mu: Tensor | None = None) -> Tensor:
-    """Coordinate-wise standard deviation (ddof = 1, 0 for a single row), as ``torch.std(X, 0)`` but in
-    cache-sized column blocks (two-pass, centred): ~10x faster than ``torch.std`` along dim 0 at d = 1e6."""
-    h, d = X.shape
-    if h < 2:
-        return torch.zeros(d, dtype=X.dtype, device=X.device)
-    mu = X.mean(dim=0) if mu is None else mu
-    out = torch.empty(d, dtype=X.dtype, device=X.device)
-    chunk = max(1024, _CHUNK_ELEMS // h)
-    for s in range(0, d, chunk):
-        torch.sum((X[:, s : s + chunk] - mu[s : s + chunk]).square_(), dim=0, out=out[s : s + chunk])
-    return out.div_(h - 1).sqrt_()
 
 
 def gamma_search(passes: Callable[[float], bool], gamma0: float = 10.0, tau: float = 1e-5) -> tuple[float, int]:

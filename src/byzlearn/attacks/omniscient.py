@@ -14,6 +14,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from ..aggregators._pairwise import _CHUNK_ELEMS
 from ..registry import ConfigError
 from .base import ATTACKS, Attack, AttackContext
 from .gradient import honest_mean, randn, require_honest, rows_of
@@ -57,6 +58,23 @@ def coordinate_std(honest: Tensor) -> Tensor:
     if honest.shape[0] < 2:
         return torch.zeros_like(honest[0])
     return honest.std(dim=0, unbiased=True)
+
+
+def column_std(X: Tensor, mu: Tensor | None = None) -> Tensor:
+    """Coordinate-wise standard deviation (ddof = 1, 0 for a single row), as ``torch.std(X, 0)`` but in
+    cache-sized column blocks (two-pass, centred): ~10x faster than ``torch.std`` along dim 0 at d = 1e6.
+    It can differ from :func:`coordinate_std` in the last bit, so ALIE keeps ``coordinate_std`` (its
+    committed trajectories); the newer attacks (MinMax's ``std`` perturbation, Fang's partial knowledge)
+    use this one."""
+    h, d = X.shape
+    if h < 2:
+        return torch.zeros(d, dtype=X.dtype, device=X.device)
+    mu = X.mean(dim=0) if mu is None else mu
+    out = torch.empty(d, dtype=X.dtype, device=X.device)
+    chunk = max(1024, _CHUNK_ELEMS // h)
+    for s in range(0, d, chunk):
+        torch.sum((X[:, s : s + chunk] - mu[s : s + chunk]).square_(), dim=0, out=out[s : s + chunk])
+    return out.div_(h - 1).sqrt_()
 
 
 def alie_vector(honest: Tensor, z: float) -> Tensor:

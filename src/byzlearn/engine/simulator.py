@@ -115,8 +115,8 @@ class Simulator:
         self.attack = build_attack(cfg.attack)
         self.aggregator = build_aggregator(cfg.aggregator, f_default=self.f)
         # the server's own momentum of its public-batch gradients (public_update: FLTrust), as a worker keeps one
-        wants = getattr(getattr(self.aggregator, "rule", self.aggregator), "needs_public_update", False)
-        self.public_momentum = Momentum(1, self.d, w.momentum, w.momentum_form) if w.momentum > 0 and wants else None
+        wants = self.aggregator.needs_public_update and w.momentum > 0
+        self.public_momentum = Momentum(1, self.d, w.momentum, w.momentum_form) if wants else None
         self.aggregator.check(client_count(cfg) if self.fedavg else self.n)
         opt = {k: v for k, v in cfg.optimizer.items() if k != "name"}
         self.optimizer = OPTIMIZERS.build(cfg.optimizer["name"], opt, "optimizer", skip=("params",), params=[self.theta])

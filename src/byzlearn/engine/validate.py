@@ -110,8 +110,7 @@ def validate(cfg: Config, own_data: bool = False, own_model: bool = False) -> No
     _check_pre(cfg.aggregator.get("pre"))
     agg = _built(lambda: build_aggregator(cfg.aggregator, f_default=w.byzantine), f"aggregator {cfg.aggregator['name']!r}", "aggregator")
     agg.check(client_count(cfg) if t.algorithm == "fedavg" else w.n)
-    rule = getattr(agg, "rule", agg)
-    if getattr(rule, "needs_public_update", False):  # FLTrust: the server's own update on its root set
+    if agg.needs_public_update:  # FLTrust: the server's own update on its root set
         if d.public_size == 0:
             raise ConfigError(
                 f"aggregator {agg.name!r} computes the server's own update on a root set of public samples: "
@@ -119,7 +118,7 @@ def validate(cfg: Config, own_data: bool = False, own_model: bool = False) -> No
             )
         if t.algorithm == "fedavg" and cfg.fedavg.aggregate == "weights":
             raise ConfigError(f"aggregator {agg.name!r} compares updates by their direction, not weights: set fedavg.aggregate = 'update'")
-    if rule.needs_public_batch and d.public_size == 0:
+    if agg.needs_public_batch and d.public_size == 0:
         raise ConfigError(f"aggregator {agg.name!r} scores the workers on the server's public batch: set data.public_size > 0 (e.g. 1000)")
 
 

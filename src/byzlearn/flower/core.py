@@ -56,7 +56,7 @@ class RobustAggregation:
         if adversary is not None and not isinstance(adversary, Adversary):
             raise ConfigError(f"adversary must be a byzlearn.flower.Adversary, got {type(adversary).__name__}")
         self.rule = as_aggregator(aggregator, f)
-        if getattr(getattr(self.rule, "rule", self.rule), "needs_public_update", False):
+        if self.rule.needs_public_update:
             raise ConfigError(
                 f"aggregator {self.rule.name!r} needs the server's own update on its root set every round, which the "
                 "Flower strategy does not compute: run it with byzlearn's simulator or parameter server (byzlearn run)"
