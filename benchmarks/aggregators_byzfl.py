@@ -2,10 +2,11 @@
 itself as ``aggregators.py --byzfl-worker`` under ByzFL's venv python for one ``(n, d)``, reads back the
 rows the worker wrote to a temporary JSON and checks that the worker rebuilt the same batch (the float64
 sum of ``G``); ``byzfl_worker`` (inside that venv, where byzlearn, safetensors and scikit-learn are not
-importable: this module imports only the standard library, torch and ``aggregators_common``, and byzfl
-on call) installs an inert ``torchvision`` stub, builds ByzFL 0.0.11's versions of byzlearn's rules and
-pre-aggregator chains (``byzfl_candidates``: SMEA only where its enumeration is predicted to finish
-within ``--smea-budget``, NNM skipped above ``--byzfl-nnm-gib``) and times them on the same batch.
+importable: this module imports only the standard library, torch, ``aggregators_common`` and
+``byzfl_side`` (for its torchvision stub), and byzfl on call) installs an inert ``torchvision`` stub,
+builds ByzFL 0.0.11's versions of byzlearn's rules and pre-aggregator chains (``byzfl_candidates``: SMEA
+only where its enumeration is predicted to finish within ``--smea-budget``, NNM skipped above
+``--byzfl-nnm-gib``) and times them on the same batch.
 """
 
 from __future__ import annotations
@@ -17,42 +18,14 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 
 import torch
 
 from aggregators_common import MDA_MAX_N, ROOT, checksum, default_f, make_batch, time_call
+from byzfl_side import install_torchvision_stub  # the side environment's stub, shared with the byzfl-benchmark runner
 
 SCRIPT = Path(__file__).resolve().with_name("aggregators.py")  # the worker is this benchmark's script
-
-
-def _install_torchvision_stub() -> None:
-    class _Placeholder:
-        def __init__(self, name):
-            self._name = name
-
-        def __call__(self, *a, **k):  # byzfl builds transforms at import time: stay inert
-            return _Placeholder(f"{self._name}()")
-
-        def __getattr__(self, item):
-            return _Placeholder(f"{self._name}.{item}")
-
-    class _StubModule(types.ModuleType):
-        def __getattr__(self, item):
-            if item.startswith("__"):
-                raise AttributeError(item)
-            return _Placeholder(f"{self.__name__}.{item}")
-
-    for key in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
-        del sys.modules[key]
-    root = _StubModule("torchvision")
-    root.__path__ = []  # a package, so ``import torchvision.x`` resolves to the stubs below
-    sys.modules["torchvision"] = root
-    for sub in ("datasets", "transforms", "models", "io", "ops", "utils"):
-        mod = _StubModule(f"torchvision.{sub}")
-        setattr(root, sub, mod)
-        sys.modules[f"torchvision.{sub}"] = mod
 
 
 def byzfl_candidates(n: int, f: int, d: int, G, args):
@@ -110,7 +83,7 @@ def byzfl_candidates(n: int, f: int, d: int, G, args):
 
 def byzfl_worker(args) -> int:
     """Inside the ByzFL venv: time ByzFL's rules on the batch of each (n, d); write the rows to ``--json``."""
-    _install_torchvision_stub()
+    install_torchvision_stub()
     import byzfl
 
     torch.manual_seed(args.seed)  # ByzFL's CAF / SMEA draw their power-iteration start from the global stream

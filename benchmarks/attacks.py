@@ -58,6 +58,7 @@ try:
 except ImportError:  # run from a checkout without the package installed
     sys.path.insert(0, str(ROOT / "src"))
     import byzlearn
+from aggregators_common import cpu_snapshot, foreign_cores, time_call  # noqa: E402  (benchmarks/ is on sys.path)
 from byzlearn.aggregators import AggregationContext, build_aggregator  # noqa: E402
 from byzlearn.attacks import ATTACKS, AttackContext, build_attack  # noqa: E402
 from byzlearn.engine.round import forge  # noqa: E402
@@ -96,13 +97,8 @@ class CountingRule:
 
 
 def median_time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """Median seconds of ``repeats`` calls of ``fn()`` after one warm-up (``time_call`` without its long-call shortcut)."""
+    return time_call(lambda _: fn(), torch.device("cpu"), repeats, long_s=float("inf"))[0]
 
 
 def paired_times(fn, ref, repeats: int) -> tuple[float, float]:
@@ -120,24 +116,6 @@ def paired_times(fn, ref, repeats: int) -> tuple[float, float]:
         b.append(t1 - t0)
         a.append(t2 - t1)
     return statistics.median(a), statistics.median(b)
-
-
-def cpu_snapshot() -> tuple[float, float, float] | None:
-    """``(busy CPU seconds of the whole machine, CPU seconds of this process, wall)``."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return None
-    busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)  # all but idle and iowait
-    t = os.times()
-    return busy / os.sysconf("SC_CLK_TCK"), t.user + t.system, time.monotonic()
-
-
-def foreign_cores(start, end) -> float | None:
-    """Average number of cores other processes kept busy between two ``cpu_snapshot``s (the contention)."""
-    if start is None or end is None or end[2] - start[2] < 0.5:  # /proc/stat counts 10 ms ticks: too coarse below
-        return None
-    return round(max(0.0, ((end[0] - start[0]) - (end[1] - start[1])) / (end[2] - start[2])), 2)
 
 
 def aggregation_context(d: int, seed: int, round_: int = 0) -> AggregationContext:
@@ -232,7 +210,8 @@ def run_size(n: int, d: int, args, only) -> tuple[list[dict], dict]:
             print(f"  {label:<36s} {row['note']}", file=sys.stderr, flush=True)
             continue
         row.update(ms=sec * 1e3, mean_ms=mean_sec * 1e3, ratio=sec / mean_sec, rows=int(rows_out.shape[0]), rule_evaluations=counter.count)
-        row["foreign_cores"] = foreign_cores(snap, cpu_snapshot())
+        busy = foreign_cores(snap, cpu_snapshot())
+        row["foreign_cores"] = None if busy is None else round(busy, 2)
         for attr in ("last_tests", "last_evaluations", "evals"):
             if hasattr(attack, attr):
                 row[attr] = getattr(attack, attr)
