@@ -30,6 +30,7 @@ Usage (after ``bash benchmarks/byzfl_env.sh``)::
 
     .venv/bin/python benchmarks/end_to_end.py --data-dir ../shared/data/mnist --json benchmarks/results-end-to-end-cpu.json
     .venv/bin/python benchmarks/end_to_end.py --quick          # two settings, a few rounds: a smoke check
+    .venv/bin/python benchmarks/end_to_end.py --device cuda --json benchmarks/results-end-to-end-gpu.json   # on a GPU
 
 Evaluation is outside the timed rounds in all three; the optimal attack's blocks are a fifth as long
 (each of its rounds runs the defender's rule 20 times). Threads: ``--threads`` in every process (default 2).
@@ -113,7 +114,7 @@ def byzfl_worker() -> None:
                 byzfl.Client(
                     {
                         "model_name": "fc_mnist",
-                        "device": "cpu",
+                        "device": cmd["device"],
                         "optimizer_name": "SGD",
                         "learning_rate": 0.1,
                         "loss_name": "NLLLoss",
@@ -135,7 +136,7 @@ def byzfl_worker() -> None:
             server = byzfl.Server(
                 {
                     "model_name": "fc_mnist",
-                    "device": "cpu",
+                    "device": cmd["device"],
                     "validation_loader": None,
                     "test_loader": test,
                     "optimizer_name": "SGD",
@@ -156,14 +157,16 @@ def byzfl_worker() -> None:
         clients, server, byz = state[key]
 
         byzfl_rounds(clients, server, byz, cmd["warmup"])
+        sync(cmd["device"])
         t0 = time.perf_counter()
         byzfl_rounds(clients, server, byz, cmd["rounds"])
+        sync(cmd["device"])
         print(json.dumps({"rps": cmd["rounds"] / (time.perf_counter() - t0)}), flush=True)
 
 
 class ByzFL:
-    def __init__(self, python: str, data_dir: str, threads: int):
-        self.data_dir, self.threads = data_dir, threads
+    def __init__(self, python: str, data_dir: str, threads: int, device: str = "cpu"):
+        self.data_dir, self.threads, self.device = data_dir, threads, device
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         self.proc = subprocess.Popen(
             [python, str(Path(__file__).resolve()), "--byzfl-worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
@@ -171,7 +174,7 @@ class ByzFL:
 
     def rps(self, setting: str, honest: int, momentum: float, rounds: int, warmup: int) -> float:
         cmd = dict(op="run", setting=setting, honest=honest, momentum=momentum, rounds=rounds, warmup=warmup)
-        self.proc.stdin.write(json.dumps(dict(cmd, data_dir=self.data_dir, threads=self.threads)) + "\n")
+        self.proc.stdin.write(json.dumps(dict(cmd, data_dir=self.data_dir, threads=self.threads, device=self.device)) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
@@ -188,7 +191,7 @@ class ByzFL:
 
 
 # ------------------------------------------------------------------------------- byzlearn side
-def simulators(setting: str, honest: int, momentum: float, data_dir: str):
+def simulators(setting: str, honest: int, momentum: float, data_dir: str, device: str = "cpu"):
     from byzlearn import config as C
     from byzlearn.engine import make_simulator
 
@@ -207,6 +210,7 @@ def simulators(setting: str, honest: int, momentum: float, data_dir: str):
         "optimizer.name=sgd",
         "optimizer.lr=0.1",
         "train.eval_every=1000000",
+        f"train.device={json.dumps(device)}",
     ]
     over += [f"attack.{k}={json.dumps(v)}" for k, v in attack.items()]  # TOML literals
     over += [f"aggregator.{k}={json.dumps(v)}" for k, v in rule.items()]
@@ -215,12 +219,22 @@ def simulators(setting: str, honest: int, momentum: float, data_dir: str):
     return sim, LoopSimulator(cfg, dataset=sim.dataset)
 
 
+def sync(device: str) -> None:
+    """Wait for the accelerator's queued work (a GPU's kernels run asynchronously)."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
 def rps(sim, rounds: int, warmup: int) -> float:
     for _ in range(warmup):
         sim.step()
+    sync(str(sim.device))
     t0 = time.perf_counter()
     for _ in range(rounds):
         sim.step()
+    sync(str(sim.device))
     return rounds / (time.perf_counter() - t0)
 
 
@@ -231,6 +245,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=20, help="timed rounds per block")
     ap.add_argument("--repeats", type=int, default=3, help="blocks per engine and setting (alternating)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: both engines' device (ByzFL's client and server device)")
     ap.add_argument("--quick", action="store_true", help="ALIE/TM and optimal ALIE/TM at 10 + 3, no momentum, 3 rounds")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
@@ -244,12 +259,13 @@ def main() -> None:
     if not Path(python).exists():
         sys.exit(f"byzlearn: error: ByzFL's environment is missing ({python}); create it with: bash benchmarks/byzfl_env.sh")
     data_dir = str(Path(args.data_dir).resolve())
-    byzfl = ByzFL(python, data_dir, args.threads)
+    byzfl = ByzFL(python, data_dir, args.threads, args.device)
     plan = [(s, h, m) for h in (10, 42) for s in SETTINGS for m in (0.0, 0.9)]
     if args.quick:
         plan, args.rounds, args.repeats = [("alie-tm", 10, 0.0), ("optalie-tm", 10, 0.0)], 3, 1
     res = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads per process",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{args.threads} threads per process, device {args.device}",
         "command": "python " + " ".join(sys.argv),
         "rows": [],
     }
@@ -257,7 +273,7 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     try:
         for setting, honest, momentum in plan:
-            sim, loop = simulators(setting, honest, momentum, data_dir)
+            sim, loop = simulators(setting, honest, momentum, data_dir, args.device)
             times: dict[str, list[float]] = {"byzfl": [], "byzlearn": [], "loop": []}
             k = max(2, args.rounds // 5) if setting.startswith("opt") else args.rounds  # 20 rule evaluations per round
             for i in range(args.repeats):

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._sortnet import BLOCK_COLUMNS, NETWORK_MAX_ROWS, nan_last_prepare, nan_last_restore, network_sort_block
+
 __all__ = [
     "finite_rows",
     "sort_workers",
@@ -107,7 +109,9 @@ def _thread_pool(workers: int) -> ThreadPoolExecutor:
 def sort_workers(G: Tensor) -> Tensor:
     """``G`` sorted along dim 0 (per coordinate, over the workers), NaN last (treated as above +inf).
 
-    On CPU (float16/32/64, no autograd needed) this uses numpy's sort along axis 0 split over
+    On CPU (float16/32/64, no autograd needed), up to ``NETWORK_MAX_ROWS`` (16) rows: a sorting network
+    vectorised over the columns (``_sortnet``; the same values, 1.7x faster at n = 13, d = 8e4). More rows: numpy's
+    sort along axis 0 split over
     column blocks in ``torch.get_num_threads()`` threads (numpy releases the GIL while sorting);
     it measured 5-12x faster than ``torch.sort(G, dim=0)`` on CPU for n in 10..100, d = 1e6.
     Elsewhere (GPU, bfloat16, autograd) it is ``torch.sort`` after mapping NaN to +inf (so the
@@ -118,7 +122,17 @@ def sort_workers(G: Tensor) -> Tensor:
         out = np.array(a, copy=True, order="C")
         n, d = out.shape
         workers = max(1, torch.get_num_threads())
-        if workers == 1 or d < _PARALLEL_MIN_COLUMNS or n < 2:
+        if 2 <= n <= NETWORK_MAX_ROWS and d > 0:  # a sorting network over the columns (``_sortnet``)
+            counts = nan_last_prepare(out)
+            step = BLOCK_COLUMNS
+            blocks = range(0, d, step)
+            if workers == 1 or d < 2 * step:
+                for s in blocks:
+                    network_sort_block(out, s, min(d, s + step))
+            else:
+                list(_thread_pool(workers).map(lambda s: network_sort_block(out, s, min(d, s + step)), blocks))
+            nan_last_restore(out, counts)
+        elif workers == 1 or d < _PARALLEL_MIN_COLUMNS or n < 2:
             out.sort(axis=0)  # numpy sorts NaN to the end
         else:
             step = max(_PARALLEL_MIN_COLUMNS // 4, math.ceil(d / (4 * workers)))
