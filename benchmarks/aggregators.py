@@ -90,6 +90,7 @@ from aggregators_common import (
     foreign_cores,
     make_batch,
     make_context,
+    run_meta,
     time_call,
 )
 from aggregators_flower import flower_check, time_flower
@@ -357,21 +358,8 @@ def main(argv=None) -> int:
         import flwr
 
         versions["flwr"] = flwr.__version__
-    cmd = ".venv/bin/python benchmarks/aggregators.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
-    meta = dict(
-        command=cmd,
-        device=str(device),
-        machine=dict(arch=platform.machine(), cpu_count=os.cpu_count(), system=platform.system()),
-        versions=versions,
-        threads=torch.get_num_threads(),
-        repeats=args.repeats,
-        long_s=args.long,
-        smea_budget_s=args.smea_budget,
-        seed=args.seed,
-        time=time.strftime("%Y-%m-%d %H:%M:%S"),
-        seconds=round(time.perf_counter() - t_start, 1),
-        load_average_start=[round(x, 2) for x in load_start],
-        load_average_end=[round(x, 2) for x in os.getloadavg()],
+    meta = run_meta(
+        "aggregators.py", argv, args, t_start, load_start, versions, device=str(device), long_s=args.long, smea_budget_s=args.smea_budget
     )
     _, target_rows = targets(results)
     meta["cell_load"] = loads

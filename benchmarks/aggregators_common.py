@@ -11,6 +11,7 @@ importable, can use it; ``_byzlearn()`` (and so ``make_context``) imports byzlea
 from __future__ import annotations
 
 import os
+import platform
 import statistics
 import sys
 import time
@@ -31,6 +32,30 @@ SPEEDUP_5X = ("caf", "smea")  # issue 16: at least 5x ByzFL
 
 def default_f(n: int) -> int:
     return max(1, (n - 3) // 4)
+
+
+def run_meta(script: str, argv, args, t0: float, load0, versions: dict | None = None, **extra) -> dict:
+    """The run's metadata the benchmarks write beside their results: the command (``script`` and its
+    arguments), machine, versions (default: Python, torch, byzlearn), threads, repeats, seed, time, duration
+    since ``t0``, the load averages at ``load0`` and now, then ``extra``."""
+    if versions is None:
+        _byzlearn()  # byzlearn importable from a checkout too
+        import byzlearn
+
+        versions = dict(python=platform.python_version(), torch=torch.__version__, byzlearn=byzlearn.__version__)
+    return dict(
+        command=f".venv/bin/python benchmarks/{script}" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:])),
+        machine=dict(arch=platform.machine(), cpu_count=os.cpu_count(), system=platform.system()),
+        versions=versions,
+        threads=torch.get_num_threads(),
+        repeats=args.repeats,
+        seed=args.seed,
+        time=time.strftime("%Y-%m-%d %H:%M:%S"),
+        seconds=round(time.perf_counter() - t0, 1),
+        load_average_start=[round(x, 2) for x in load0],
+        load_average_end=[round(x, 2) for x in os.getloadavg()],
+        **extra,
+    )
 
 
 def sync(device: torch.device) -> None:

@@ -44,7 +44,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -54,11 +53,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 try:
-    import byzlearn
+    import byzlearn  # noqa: F401
 except ImportError:  # run from a checkout without the package installed
     sys.path.insert(0, str(ROOT / "src"))
-    import byzlearn
-from aggregators_common import cpu_snapshot, foreign_cores, time_call  # noqa: E402  (benchmarks/ is on sys.path)
+from aggregators_common import cpu_snapshot, foreign_cores, run_meta, time_call  # noqa: E402  (benchmarks/ is on sys.path)
 from byzlearn.aggregators import AggregationContext, build_aggregator  # noqa: E402
 from byzlearn.attacks import ATTACKS, AttackContext, build_attack  # noqa: E402
 from byzlearn.engine.round import forge  # noqa: E402
@@ -304,20 +302,7 @@ def main(argv=None) -> int:
         r, b = run_size(n, d, args, only)
         rows += r
         bases.append(b)
-    cmd = ".venv/bin/python benchmarks/attacks.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
-    meta = dict(
-        command=cmd,
-        machine=dict(arch=platform.machine(), cpu_count=os.cpu_count(), system=platform.system()),
-        versions=dict(python=platform.python_version(), torch=torch.__version__, byzlearn=byzlearn.__version__),
-        threads=torch.get_num_threads(),
-        repeats=args.repeats,
-        seed=args.seed,
-        time=time.strftime("%Y-%m-%d %H:%M:%S"),
-        seconds=round(time.perf_counter() - t0, 1),
-        load_average_start=[round(x, 2) for x in load0],
-        load_average_end=[round(x, 2) for x in os.getloadavg()],
-        registered=ATTACKS.names(),
-    )
+    meta = run_meta("attacks.py", argv, args, t0, load0, registered=ATTACKS.names())
     print(markdown(rows, bases, meta))
     if args.json:
         args.json.write_text(json.dumps(dict(meta=meta, sizes=bases, results=rows), indent=1, default=str) + "\n")

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -46,13 +45,13 @@ from pathlib import Path
 import torch
 
 import attacks as A  # benchmarks/attacks.py (benchmarks/ is on sys.path); it puts byzlearn on sys.path when not installed
-import byzlearn
 from aggregators import _short, time_byzlearn
-from aggregators_common import default_f, make_batch, make_context, time_call
+from aggregators_common import default_f, make_batch, make_context, run_meta, time_call
 from byzlearn import config as C
 from byzlearn.data import Dataset, load_dataset
 from byzlearn.decentralized.mve import mve_average
 from byzlearn.engine import Simulator
+from end_to_end import workload
 
 REF_N = 13
 GRAD_WARMUP, GRAD_REPEATS = 5, 21  # the gradient pass is cheap: more calls, a steadier reference
@@ -72,9 +71,7 @@ def gradient_pass(ns, args) -> dict[int, dict]:
     ds = load_dataset("mnist", args.data_dir, False) if args.data_dir else synthetic_mnist(args.seed)
     out = {}
     for n in ns:
-        over = ["data.name=mnist", "model.name=fc_mnist", f"workers.n={n}", f"workers.byzantine={default_f(n)}"]
-        over += ["workers.batch_size=32", "optimizer.name=sgd", "optimizer.lr=0.1", "train.eval_every=1000000"]
-        sim = Simulator(C.load(None, over), dataset=ds)
+        sim = Simulator(C.load(None, workload(n, default_f(n))), dataset=ds)
         batches = sim.draw().batches
         for _ in range(GRAD_WARMUP):  # the first calls of a process pay functorch's and the allocator's start-up
             sim.worker_gradients(batches)
@@ -208,20 +205,8 @@ def main(argv=None) -> int:
             rows, base = A.run_size(n, d, args, names)
             attacks += rows
             bases.append(base)
-    cmd = ".venv/bin/python benchmarks/components.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
-    meta = dict(
-        command=cmd,
-        data=f"MNIST from {args.data_dir}" if args.data_dir else "synthetic data of MNIST's shape",
-        machine=dict(arch=platform.machine(), cpu_count=os.cpu_count(), system=platform.system()),
-        versions=dict(python=platform.python_version(), torch=torch.__version__, byzlearn=byzlearn.__version__),
-        threads=torch.get_num_threads(),
-        repeats=args.repeats,
-        seed=args.seed,
-        time=time.strftime("%Y-%m-%d %H:%M:%S"),
-        seconds=round(time.perf_counter() - t0, 1),
-        load_average_start=[round(x, 2) for x in load0],
-        load_average_end=[round(x, 2) for x in os.getloadavg()],
-    )
+    data = f"MNIST from {args.data_dir}" if args.data_dir else "synthetic data of MNIST's shape"
+    meta = run_meta("components.py", argv, args, t0, load0, data=data)
     payload = dict(meta=meta, sizes=sizes, gradient_pass={str(n): g for n, g in gp.items()}, rules=rules, attacks=attacks)
     payload["attack_sizes"] = bases
     payload["verdicts"] = [{k: v for k, v in r.items() if k != "cells"} for r in verdicts(payload)]

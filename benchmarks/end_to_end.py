@@ -48,6 +48,8 @@ import sys
 import time
 from pathlib import Path
 
+from aggregators_common import sync  # benchmarks/ is on sys.path (in ByzFL's worker too: stdlib and torch only)
+
 HERE = Path(__file__).resolve().parent
 SETTINGS = {
     "alie-tm": ({"name": "alie", "z": 1.5}, {"name": "trimmed_mean"}, ("ALittleIsEnough", {"tau": 1.5}), ("TrMean", [])),
@@ -157,10 +159,10 @@ def byzfl_worker() -> None:
         clients, server, byz = state[key]
 
         byzfl_rounds(clients, server, byz, cmd["warmup"])
-        sync(cmd["device"])
+        sync(torch.device(cmd["device"]))
         t0 = time.perf_counter()
         byzfl_rounds(clients, server, byz, cmd["rounds"])
-        sync(cmd["device"])
+        sync(torch.device(cmd["device"]))
         print(json.dumps({"rps": cmd["rounds"] / (time.perf_counter() - t0)}), flush=True)
 
 
@@ -191,6 +193,16 @@ class ByzFL:
 
 
 # ------------------------------------------------------------------------------- byzlearn side
+def workload(n: int, f: int, data_dir: str | None = None, momentum: float = 0.0, device: str = "cpu") -> list[str]:
+    """Config overrides of ByzFL's workload (MNIST, ``fc_mnist``, batch 32, SGD lr 0.1, no evaluation) for
+    ``n`` workers of which ``f`` Byzantine; ``data_dir=None`` leaves the data set to the caller (``dataset=``).
+    ``benchmarks/scale.py`` and ``benchmarks/components.py`` build their simulators from it too."""
+    over = ["data.name=mnist", "model.name=fc_mnist", f"workers.n={n}", f"workers.byzantine={f}", "workers.batch_size=32"]
+    over += [f"workers.momentum={momentum}", "optimizer.name=sgd", "optimizer.lr=0.1", "train.eval_every=1000000"]
+    over += [f"train.device={json.dumps(device)}"]
+    return over + ([f"data.data_dir={json.dumps(data_dir)}"] if data_dir is not None else [])
+
+
 def simulators(setting: str, honest: int, momentum: float, data_dir: str, device: str = "cpu"):
     from byzlearn import config as C
     from byzlearn.engine import make_simulator
@@ -199,19 +211,7 @@ def simulators(setting: str, honest: int, momentum: float, data_dir: str, device
     from simulator import LoopSimulator
 
     attack, rule, _, _ = SETTINGS[setting]
-    over = [
-        "data.name=mnist",
-        f"data.data_dir={json.dumps(data_dir)}",
-        "model.name=fc_mnist",
-        f"workers.n={honest + F}",
-        f"workers.byzantine={F}",
-        "workers.batch_size=32",
-        f"workers.momentum={momentum}",
-        "optimizer.name=sgd",
-        "optimizer.lr=0.1",
-        "train.eval_every=1000000",
-        f"train.device={json.dumps(device)}",
-    ]
+    over = workload(honest + F, F, data_dir, momentum, device)
     over += [f"attack.{k}={json.dumps(v)}" for k, v in attack.items()]  # TOML literals
     over += [f"aggregator.{k}={json.dumps(v)}" for k, v in rule.items()]
     cfg = C.load(None, over)
@@ -219,22 +219,14 @@ def simulators(setting: str, honest: int, momentum: float, data_dir: str, device
     return sim, LoopSimulator(cfg, dataset=sim.dataset)
 
 
-def sync(device: str) -> None:
-    """Wait for the accelerator's queued work (a GPU's kernels run asynchronously)."""
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize()
-
-
 def rps(sim, rounds: int, warmup: int) -> float:
     for _ in range(warmup):
         sim.step()
-    sync(str(sim.device))
+    sync(sim.device)
     t0 = time.perf_counter()
     for _ in range(rounds):
         sim.step()
-    sync(str(sim.device))
+    sync(sim.device)
     return rounds / (time.perf_counter() - t0)
 
 

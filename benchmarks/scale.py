@@ -67,22 +67,11 @@ def child(rule: str, n: int, rounds: int, threads: int, data_dir: str) -> dict:
 
     from byzlearn import config as C
     from byzlearn.engine import make_simulator
+    from end_to_end import workload  # benchmarks/ is on sys.path
 
     torch.set_num_threads(threads)
     f = n // 10
-    over = [
-        "data.name=mnist",
-        f"data.data_dir={json.dumps(data_dir)}",
-        "model.name=fc_mnist",
-        f"workers.n={n}",
-        f"workers.byzantine={f}",
-        "workers.batch_size=32",
-        "optimizer.name=sgd",
-        "optimizer.lr=0.1",
-        "train.eval_every=1000000",
-        f"train.threads={threads}",
-        'attack.name="alie"',
-    ]
+    over = workload(n, f, data_dir) + [f"train.threads={threads}", 'attack.name="alie"']
     over += [f"aggregator.{k}={json.dumps(v)}" for k, v in RULES[rule].items()]  # TOML literals
     sim = make_simulator(C.load(None, over))
     base_kib, build_peak_kib = status_kib("VmRSS"), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -122,22 +122,28 @@ def sort_workers(G: Tensor) -> Tensor:
         out = np.array(a, copy=True, order="C")
         n, d = out.shape
         workers = max(1, torch.get_num_threads())
-        if 2 <= n <= NETWORK_MAX_ROWS and d > 0:  # a sorting network over the columns (``_sortnet``)
-            counts = nan_last_prepare(out)
-            step = BLOCK_COLUMNS
-            blocks = range(0, d, step)
-            if workers == 1 or d < 2 * step:
-                for s in blocks:
-                    network_sort_block(out, s, min(d, s + step))
-            else:
-                list(_thread_pool(workers).map(lambda s: network_sort_block(out, s, min(d, s + step)), blocks))
-            nan_last_restore(out, counts)
-        elif workers == 1 or d < _PARALLEL_MIN_COLUMNS or n < 2:
-            out.sort(axis=0)  # numpy sorts NaN to the end
+        network = 2 <= n <= NETWORK_MAX_ROWS  # a sorting network over the columns (``_sortnet``), else numpy's sort
+        if network:
+            step, threaded = BLOCK_COLUMNS, d >= 2 * BLOCK_COLUMNS
         else:
-            step = max(_PARALLEL_MIN_COLUMNS // 4, math.ceil(d / (4 * workers)))
-            blocks = range(0, d, step)
-            list(_thread_pool(workers).map(lambda s: out[:, s : s + step].sort(axis=0), blocks))
+            step, threaded = max(_PARALLEL_MIN_COLUMNS // 4, math.ceil(d / (4 * workers))), d >= _PARALLEL_MIN_COLUMNS and n >= 2
+        threaded = threaded and workers > 1
+        if not (network or threaded):
+            step = max(d, 1)  # numpy's sort of the whole batch in one call
+
+        def sort_block(s: int) -> None:
+            if network:
+                network_sort_block(out, s, min(d, s + step))
+            else:
+                out[:, s : s + step].sort(axis=0)  # numpy sorts NaN to the end
+
+        counts = nan_last_prepare(out) if network else None
+        if threaded:
+            list(_thread_pool(workers).map(sort_block, range(0, d, step)))
+        else:
+            for s in range(0, d, step):
+                sort_block(s)
+        nan_last_restore(out, counts)
         return torch.from_numpy(out)
     X = torch.where(torch.isnan(G), torch.full((), math.inf, dtype=G.dtype, device=G.device), G)
     return torch.sort(X, dim=0).values
